@@ -1,0 +1,51 @@
+"""Objectives bind model outputs to losses: ``objective(output, batch) -> (loss, metrics)``.
+
+Register a new one with ``@register("name")``; ``build_objective(cfg)`` picks it by
+``objective.name``. Every registered objective is exercised by one parametrized test.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vlalign.config import ObjectiveConfig
+from vlalign.errors import ConfigError
+from vlalign.models.dual_encoder import AlignmentOutput
+from vlalign.objectives.contrastive import clip_loss, siglip_loss
+
+Objective = Callable[[AlignmentOutput, dict], tuple[torch.Tensor, dict[str, float]]]
+OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
+
+
+def register(name: str):
+    def wrap(factory: Callable[[ObjectiveConfig], Objective]):
+        OBJECTIVES[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_objective(cfg: ObjectiveConfig) -> Objective:
+    if cfg.name not in OBJECTIVES:
+        raise ConfigError(f"Unknown objective.name '{cfg.name}'. Known: {', '.join(sorted(OBJECTIVES))}.")
+    return OBJECTIVES[cfg.name](cfg)
+
+
+@register("clip")
+def clip_objective(cfg: ObjectiveConfig) -> Objective:
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        return loss, {"loss/clip": loss.item()}
+
+    return objective
+
+
+@register("siglip")
+def siglip_objective(cfg: ObjectiveConfig) -> Objective:
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
+        return loss, {"loss/siglip": loss.item(), "logit_bias": out.logit_bias.item()}
+
+    return objective

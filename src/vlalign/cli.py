@@ -1,0 +1,167 @@
+"""The ``vlalign`` command: thin over the library (parse, call, print).
+
+Errors the user can fix print as one paragraph and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vlalign import __version__
+from vlalign.errors import VlalignError
+
+EPILOG = """examples:
+  vlalign train                                   # default recipe (shapes-clip), ~3 min on 2 CPU cores
+  vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
+  vlalign train --set optim.lr=5e-4 --set train.steps=1000
+  vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
+  vlalign recipes
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlalign", description="Train, evaluate and serve vision-language "
+                                     "alignment models.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vlalign {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model (resumes automatically if --out holds a checkpoint)",
+                           description="Train from a recipe or YAML config; then evaluate and write report.html. "
+                           "Rerunning the same command resumes from the newest complete checkpoint.")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--recipe", help="named preset (see `vlalign recipes`); default: shapes-clip")
+    source.add_argument("--config", help="YAML file of config values (on top of the default recipe)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    train.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    train.add_argument("--resume", action="store_true",
+                       help="require an existing checkpoint in --out to resume from (resuming is automatic anyway)")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate a run; writes eval.json and "
+                        "report.html into the run directory and prints the results as JSON.")
+    ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
+                    "Known: zeroshot, retrieval, compositional")
+    ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
+
+    sub.add_parser("recipes", help="list the named recipes")
+
+    data = sub.add_parser("data", help="data utilities")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    shapes = data_sub.add_parser("make-shapes", help="render a shapes-world dataset to a folder (PNG + captions.csv)")
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--n", type=int, default=1000)
+    shapes.add_argument("--seed", type=int, default=0)
+    data_sub.add_parser("sources", help="list the data sources and their spec syntax")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from vlalign.api import load
+    from vlalign.config import apply_overrides, load_yaml
+    from vlalign.eval import evaluate
+    from vlalign.recipes import DEFAULT_RECIPE, get_recipe
+    from vlalign.train import run_training
+
+    cfg = get_recipe(args.recipe or DEFAULT_RECIPE)
+    if args.config:
+        cfg = load_yaml(args.config, base=cfg)
+    cfg = apply_overrides(cfg, args.overrides)
+    out = Path(args.out or Path("runs") / cfg.name)
+    if args.resume and not (out / "checkpoints").is_dir():
+        raise VlalignError(f"--resume: {out} has no checkpoints to resume from. Drop --resume to start fresh.")
+    state = run_training(cfg, out, progress=not args.quiet)
+    print(f"trained {state.step} steps -> {out}")
+    if args.no_eval or not cfg.eval.tasks:
+        return 0
+    result = evaluate(load(out), cfg.eval.tasks)
+    print_summary(result.results)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vlalign.api import load
+    from vlalign.eval import evaluate
+
+    model = load(args.checkpoint)
+    result = evaluate(model, args.task or model.config.eval.tasks, args.data)
+    print(json.dumps(result.results, indent=1))
+    print_summary(result.results, stream=sys.stderr)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from vlalign.recipes import DEFAULT_RECIPE, RECIPES, describe
+
+    width = max(map(len, RECIPES))
+    for name in sorted(RECIPES):
+        mark = " (default)" if name == DEFAULT_RECIPE else ""
+        print(f"{name:<{width}}  {describe(name)}{mark}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "make-shapes":
+        from vlalign.data.export import export_shapes
+
+        path = export_shapes(args.out, args.n, args.seed)
+        print(f"wrote {args.n} images and {path}")
+        return 0
+    if args.data_command == "sources":
+        from vlalign.data.specs import HELP
+
+        for name in sorted(HELP):
+            print(f"{name:<14} {HELP[name]}")
+        return 0
+    raise VlalignError("`vlalign data` needs an action: make-shapes or sources (see `vlalign data --help`).")
+
+
+def print_summary(results: list[dict], stream=sys.stdout) -> None:
+    from vlalign.eval.report import summary_rows
+
+    rows = summary_rows(results)
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows + [("task", "labels / data", "metrics")]) for i in range(3)]
+    line = "  ".join("-" * w for w in widths)
+    print(line, file=stream)
+    print("  ".join(h.ljust(w) for h, w in zip(("task", "labels / data", "metrics"), widths)), file=stream)
+    print(line, file=stream)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=stream)
+    print(line, file=stream)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except VlalignError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

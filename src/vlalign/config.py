@@ -1,0 +1,320 @@
+"""Typed run configuration: nested dataclasses, YAML load/dump, ``--set key.path=value`` overrides.
+
+Every field has a type, and every value is checked against it at load time: an unknown key, a
+wrong type or a bad value is a ``ConfigError`` that names the key path and the file it came from
+(with a suggestion for a likely typo). A recipe (``vlalign.recipes``) is a function returning a
+``RunConfig``; YAML files and overrides are applied on top of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlalign.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: str = "shapes:n=20000,seed=0"  # a data spec (see vlalign.data.specs; `vlalign data sources`)
+    eval: str = "shapes:n=1000,seed=1"  # held-out pairs for retrieval
+    image_size: int = 64
+    batch_size: int = 128
+    num_workers: int = 0
+    context_length: int = 32  # text tokens, including BOS/EOS
+    fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
+    max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
+    order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+
+
+@dataclass(kw_only=True)
+class VisionConfig:
+    size: str = "vit-tiny"  # a row of vlalign.models.registry.VISION_SIZES
+    patch_size: int = 8
+    in_channels: int = 3
+    patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
+    pool: str = "cls"  # "cls" | "mean"
+
+
+@dataclass(kw_only=True)
+class TextConfig:
+    size: str = "text-tiny"  # a row of vlalign.models.registry.TEXT_SIZES
+    vocab_size: int = 1024  # BPE tokenizer trained on the training captions
+    pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 128
+    init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid)
+    max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 600
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = all cores
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_last_k: int = 2
+    deterministic: bool = True
+    nonfinite_policy: str = "error"  # "error" | "skip"
+    max_consecutive_nonfinite: int = 3
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["zeroshot", "retrieval", "compositional"])
+    zeroshot_n: int = 1000  # single-object images for zero-shot classification
+    retrieval_n: int = 1000
+    batch_size: int = 256
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Choices checked at load time, so a typo fails before any work is done.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.order": ("exact",),
+    "model.vision.patch_embed": ("standard", "channel"),
+    "model.vision.pool": ("cls", "mean"),
+    "model.text.pool": ("eot", "mean"),
+    "objective.name": ("clip", "siglip"),
+    "train.nonfinite_policy": ("error", "skip"),
+}
+
+# Fields that change the shape of a saved tensor or the meaning of a token: resuming with a
+# different value is refused (checked by vlalign.train.resume).
+STRUCTURAL_FIELDS = (
+    "model",
+    "data.image_size",
+    "data.context_length",
+    "data.batch_size",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with validation
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str = "<dict>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; every key and value is checked against the field types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(prefix, source)}: expected a mapping of keys, got {type(data).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"Unknown config key '{path}' in {source}.{_suggest(key, fields)}")
+        kwargs[key] = _coerce(hints[key], value, path, source)
+    cfg = cls(**kwargs)
+    return cfg
+
+
+def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
+    for path, allowed in CHOICES.items():
+        value = get_path(cfg, path)
+        if value not in allowed:
+            raise ConfigError(
+                f"Config key '{path}' in {source} is '{value}', which is not one of: {', '.join(allowed)}."
+            )
+    positive = ("data.image_size", "data.batch_size", "data.context_length", "train.steps", "model.embed_dim",
+                "model.vision.patch_size", "model.vision.in_channels", "model.text.vocab_size")
+    for path in positive:
+        if get_path(cfg, path) <= 0:
+            raise ConfigError(f"Config key '{path}' in {source} must be positive, got {get_path(cfg, path)}.")
+    if cfg.data.image_size % cfg.model.vision.patch_size:
+        raise ConfigError(
+            f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
+            f"model.vision.patch_size ({cfg.model.vision.patch_size})."
+        )
+    if not 0 < cfg.data.fraction <= 1:
+        raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
+    return cfg
+
+
+def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, prefix=f"{path}.")
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for option in options:
+            try:
+                return _coerce(option, value, path, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"Config key '{path}' in {source} has the wrong type: {value!r}.")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, str):  # --set data.holdout=a,b is a list of two
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Config key '{path}' in {source} expects a list, got {value!r}.")
+        return [_coerce(item_type, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"Config key '{path}' in {source} expects true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"Config key '{path}' in {source} expects an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"Config key '{path}' in {source} expects a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"Config key '{path}' in {source} expects text, got {value!r}.")
+    raise ConfigError(f"Config key '{path}' in {source}: unsupported type {tp}.")
+
+
+def _suggest(key: str, fields: Any) -> str:
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    valid = ", ".join(fields)
+    return (f" Did you mean '{close[0]}'?" if close else "") + f" Valid keys here: {valid}."
+
+
+def _where(prefix: str, source: str) -> str:
+    return f"'{prefix.rstrip('.')}' in {source}" if prefix else source
+
+
+# ---------------------------------------------------------------------------------------------
+# paths, overrides, YAML
+
+
+def get_path(cfg: Any, path: str) -> Any:
+    value = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str], source: str = "--set") -> RunConfig:
+    """Apply ``key.path=value`` strings; values are parsed as YAML scalars (``1e-3``, ``true``, ``[a, b]``)."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected key.path=value, e.g. --set optim.lr=3e-4.")
+        path, raw = item.split("=", 1)
+        path = path.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                keys = list(node) if isinstance(node, dict) else []
+                where = ".".join(parts[:i]) or "the top level"
+                raise ConfigError(
+                    f"Unknown config key '{path}' in {source} {item!r} (no '{part}' under {where})."
+                    + (_suggest(part, keys) if keys else "")
+                )
+            if i == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise ConfigError(f"{source} {item!r}: '{path}' is a section; set one of its keys instead.")
+                node[part] = value
+            else:
+                node = node[part]
+    return validate(from_dict(RunConfig, data, source), source)
+
+
+def merge_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
+    """Overlay a (partial) nested mapping, e.g. a YAML file, on ``cfg``."""
+    base = to_dict(cfg)
+
+    def overlay(dst: dict, src: Any, prefix: str) -> None:
+        if not isinstance(src, dict):
+            raise ConfigError(f"{_where(prefix, source)}: expected a mapping, got {src!r}.")
+        for key, value in src.items():
+            path = f"{prefix}{key}"
+            if key not in dst:
+                raise ConfigError(f"Unknown config key '{path}' in {source}.{_suggest(str(key), dst)}")
+            if isinstance(dst[key], dict) and isinstance(value, dict):
+                overlay(dst[key], value, f"{path}.")
+            else:
+                dst[key] = value
+
+    overlay(base, data, "")
+    return validate(from_dict(RunConfig, base, source), source)
+
+
+def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}.") from None
+    return merge_dict(base or RunConfig(), data, str(path))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Field-by-field differences between two nested config dicts, as 'key: old -> new' lines."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines

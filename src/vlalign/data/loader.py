@@ -1,0 +1,168 @@
+"""Deterministic, resumable batches from any map-style source.
+
+In ``exact`` order the samples of epoch e are a permutation drawn from (seed, e); rank r of W
+takes every W-th index, and batch b is positions [b*B, (b+1)*B) of that rank's stream. A batch is
+thus a pure function of (seed, epoch, rank, b): workers can build batches in any order, and the
+loader's state is just (epoch, next batch). Corrupt samples are dropped from their batch, counted
+by reason and reported once with their source; augmentation randomness (when added) is seeded
+from the same (seed, epoch, rank, b), so there is no worker RNG state to save.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vlalign.data.sample import CorruptSample, Source
+from vlalign.data.tokenizer import TextTokenizer
+from vlalign.data.transforms import ImageTransform
+from vlalign.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SkipCounter:
+    """Corrupt-sample accounting: counts by reason and by source file, and samples seen."""
+
+    seen: int = 0
+    skipped: int = 0
+
+    def __post_init__(self):
+        self.by_reason: collections.Counter = collections.Counter()
+        self.by_shard: collections.Counter = collections.Counter()
+        self.reported: set[str] = set()
+
+    def add(self, n_seen: int, skips: list[tuple[str, str, str]]) -> None:
+        self.seen += n_seen
+        for reason, source, detail in skips:
+            self.skipped += 1
+            self.by_reason[reason] += 1
+            self.by_shard[source.split("/")[0] if ".tar/" in source else source] += 1
+            if source not in self.reported:
+                self.reported.add(source)
+                log.warning("skipped sample %s: %s %s", source, reason, detail)
+
+    def check(self, max_fraction: float, min_seen: int = 100) -> None:
+        if self.seen >= min_seen and self.skipped > max_fraction * self.seen:
+            worst, count = self.by_shard.most_common(1)[0]
+            reasons = ", ".join(f"{r}: {c}" for r, c in self.by_reason.most_common())
+            raise DataError(
+                f"Too many corrupt samples: {self.skipped} of {self.seen} "
+                f"({self.skipped / self.seen:.1%}) exceeds data.max_skip_fraction={max_fraction:g}. "
+                f"Worst source: {worst} ({count} skipped). By reason: {reasons}. "
+                "Fix or remove the bad files, or raise data.max_skip_fraction."
+            )
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen, "skipped": self.skipped, "by_reason": dict(self.by_reason),
+                "by_shard": dict(self.by_shard)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.skipped = state["seen"], state["skipped"]
+        self.by_reason = collections.Counter(state["by_reason"])
+        self.by_shard = collections.Counter(state["by_shard"])
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's sample indices for ``epoch``: a seeded permutation, every ``world``-th from ``rank``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[rank::world]
+
+
+class _BatchesOfEpoch(Dataset):
+    """Map-style dataset whose item b is the collated batch b of one epoch (runs in workers)."""
+
+    def __init__(self, source: Source, order: torch.Tensor, batch_size: int, tokenizer: TextTokenizer,
+                 context_length: int, transform: ImageTransform):
+        self.source, self.order, self.batch_size = source, order, batch_size
+        self.tokenizer, self.context_length, self.transform = tokenizer, context_length, transform
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch_size
+
+    def __getitem__(self, b: int) -> dict:
+        indices = self.order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+        return collate(self.source, indices, self.tokenizer, self.context_length, self.transform)
+
+
+def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
+            transform: ImageTransform) -> dict:
+    samples, skips = [], []
+    for i in indices:
+        try:
+            sample = source[i]
+            if not sample.caption or not sample.caption.strip():
+                raise CorruptSample("empty-caption", sample.key)
+            samples.append(sample)
+        except CorruptSample as bad:
+            skips.append((bad.reason, bad.source, bad.detail))
+    if not samples:
+        return {"images": None, "skipped": skips, "n_seen": len(indices)}
+    captions = [s.caption for s in samples]
+    ids, mask = tokenizer(captions, context_length)
+    channel_ids = torch.arange(samples[0].image.shape[0]).expand(len(samples), -1)
+    return {
+        "images": transform([s.image for s in samples]),  # [B, C, H, W]
+        "channel_ids": channel_ids,  # [B, C] original channel indices
+        "text_ids": ids,  # [B, L]
+        "text_mask": mask,  # [B, L]
+        "labels": torch.tensor([-1 if s.label is None else s.label for s in samples]),
+        "keys": [s.key for s in samples],
+        "captions": captions,
+        "skipped": skips,
+        "n_seen": len(indices),
+    }
+
+
+class Loader:
+    """Endless iterator over batches, epoch after epoch, with a ``state_dict`` for exact resume."""
+
+    def __init__(self, source: Source, tokenizer: TextTokenizer, transform: ImageTransform, batch_size: int,
+                 context_length: int, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 max_skip_fraction: float = 0.01):
+        if len(source) // world < batch_size:
+            raise DataError(
+                f"Data source {source.name} has {len(source)} samples: fewer than one batch of {batch_size} "
+                f"per rank ({world} ranks). Use more data or a smaller data.batch_size."
+            )
+        self.source, self.tokenizer, self.transform = source, tokenizer, transform
+        self.batch_size, self.context_length = batch_size, context_length
+        self.seed, self.rank, self.world = seed, rank, world
+        self.num_workers = num_workers
+        self.max_skip_fraction = max_skip_fraction
+        self.epoch, self.next_batch = 0, 0
+        self.skips = SkipCounter()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.source) // self.world // self.batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            order = epoch_order(len(self.source), self.seed, self.epoch, self.rank, self.world)
+            dataset = _BatchesOfEpoch(self.source, order, self.batch_size, self.tokenizer, self.context_length,
+                                      self.transform)
+            remaining = range(self.next_batch, len(dataset))
+            loader = DataLoader(dataset, batch_size=None, sampler=remaining, num_workers=self.num_workers,
+                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+            for batch in loader:
+                self.next_batch += 1
+                self.skips.add(batch["n_seen"], batch["skipped"])
+                self.skips.check(self.max_skip_fraction)
+                if batch["images"] is None:
+                    continue
+                yield batch
+            self.epoch, self.next_batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed, "skips": self.skips.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.next_batch = state["epoch"], state["next_batch"]
+        self.skips.load_state_dict(state["skips"])

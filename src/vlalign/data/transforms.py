@@ -1,0 +1,56 @@
+"""From stored pixels to model input: resize, channel adaptation, per-channel normalisation.
+
+Works for any channel count and dtype: 8-bit pictures are scaled to [0, 1] and centred with
+mean=std=0.5; other dtypes (uint16 satellite bands, float microscopy) use the source's own
+per-channel statistics (``source.normalization``) when it provides them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+PREPROCESS_FILE = "preprocess.json"  # saved in the run directory so inference preprocesses as training did
+
+
+class ImageTransform:
+    def __init__(self, image_size: int, in_channels: int, mean: list[float] | None = None,
+                 std: list[float] | None = None):
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32."""
+        out = []
+        for image in images:
+            x = torch.from_numpy(np.ascontiguousarray(image))
+            if image.dtype == np.uint8 and self.mean is None:
+                x = (x.float() / 255.0 - 0.5) / 0.5
+            else:
+                x = x.float()
+                if self.mean is not None:
+                    mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+                    std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
+                    x = (x - mean) / std
+            if x.shape[0] == 1 and self.in_channels > 1:  # greyscale into an RGB tower
+                x = x.expand(self.in_channels, -1, -1)
+            if x.shape[-2:] != (self.image_size, self.image_size):
+                x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear",
+                                  align_corners=False, antialias=True)[0]
+            out.append(x)
+        return torch.stack(out)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"image_size": self.image_size, "in_channels": self.in_channels,
+                                          "mean": self.mean, "std": self.std}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageTransform":
+        return cls(**json.loads(Path(path).read_text()))

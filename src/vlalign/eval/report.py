@@ -1,0 +1,65 @@
+"""``report.html``: one self-contained page (images inline) with the training curves, a summary
+table of every eval result and the task figures; the PNGs are also written to ``plots/``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+from vlalign.eval import plots
+
+SUMMARY_KEYS = ("top1", "top5", "mean_per_class_recall", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+                "mean", "accuracy")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary_rows(results: list[dict]) -> list[tuple[str, str, str]]:
+    """(task, labels/data, 'metric=value, ...') rows for the terminal and the page."""
+    rows = []
+    for r in results:
+        what = r.get("labels") or r.get("data", "")
+        shown = ", ".join(f"{k}={r[k]:.3f}" for k in SUMMARY_KEYS if isinstance(r.get(k), (int, float)))
+        rows.append((r["task"], str(what), shown))
+    return rows
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, bytes]) -> Path:
+    run_dir = Path(run_dir)
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    records = read_metrics(run_dir)
+    all_figures = ({"training curves": plots.training_curves(records)} if records else {}) | figures
+    sections = []
+    for title, png in all_figures.items():
+        (plot_dir / f"{_slug(title)}.png").write_bytes(png)
+        data = base64.b64encode(png).decode()
+        sections.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    table = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(w)}</td><td>{html.escape(m)}</td></tr>"
+                    for t, w, m in summary_rows(results))
+    last = records[-1] if records else {}
+    facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
+             f"{last.get('samples_seen', 0)} samples seen") if records else "no training log"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlalign report: {html.escape(run_dir.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:4px 10px;text-align:left}}
+img{{max-width:100%;border:1px solid #e2e8f0}}</style></head><body>
+<h1>vlalign report: {html.escape(run_dir.name)}</h1><p>{html.escape(facts)}</p>
+<h2>Results</h2><table><tr><th>task</th><th>labels / data</th><th>metrics</th></tr>{table}</table>
+{''.join(sections)}
+<h2>Raw results</h2><pre>{html.escape(json.dumps(results, indent=1))}</pre></body></html>"""
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,153 @@
+"""Evaluation tasks. Each task takes a loaded model (``vlalign.api.Aligner``) and an optional data
+spec, and returns JSON metrics (one dict per result, each with a ``"task"`` key) plus figures.
+
+Register a new task with ``@task("name")``; ``vlalign eval --task name`` runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vlalign.api import Aligner
+from vlalign.data.sample import CorruptSample, Source
+from vlalign.data.specs import build_source
+from vlalign.errors import DataError
+from vlalign.eval import plots
+from vlalign.eval.retrieval import retrieval_metrics
+from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
+
+
+@dataclass
+class TaskResult:
+    results: list[dict]  # JSON-able; every dict has "task"
+    figures: dict[str, bytes] = field(default_factory=dict)  # title -> PNG
+
+
+TASKS: dict[str, Callable[[Aligner, str | None], TaskResult]] = {}
+
+
+def task(name: str):
+    def wrap(fn: Callable[[Aligner, str | None], TaskResult]):
+        TASKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_arrays(source: Source, limit: int | None = None) -> tuple[list[np.ndarray], list[str], list[int], list]:
+    """Images, captions, labels and samples of a source (corrupt samples are skipped)."""
+    images, captions, labels, samples = [], [], [], []
+    for i in range(len(source) if limit is None else min(limit, len(source))):
+        try:
+            s = source[i]
+        except CorruptSample:
+            continue
+        images.append(s.image)
+        captions.append(s.caption)
+        labels.append(-1 if s.label is None else s.label)
+        samples.append(s)
+    if not images:
+        raise DataError(f"Evaluation data {source.name} has no readable samples.")
+    return images, captions, labels, samples
+
+
+def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
+    """Single-object shapes images like the training world's; ``mode`` picks seen or held-out combos."""
+    train_cfg = getattr(build_source(model.config.data.train), "cfg", None)
+    holdout = tuple(getattr(train_cfg, "holdout", ()) or ())
+    spec = f"shapes:n={n},seed=2,objects=1,size={model.config.data.image_size}"
+    if getattr(train_cfg, "channels", "rgb") != "rgb":
+        spec += f",channels={train_cfg.channels}"
+    if holdout:
+        spec += ",holdout=" + "+".join(f"{c}-{s}" for c, s in holdout) + f",holdout_mode={mode}"
+    elif mode == "only":
+        raise DataError("The compositional task needs a training spec with holdout=colour-shape+... combos.")
+    return spec
+
+
+def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
+    """For single-object shapes scenes: label set name -> (class names, prompts per class, labels)."""
+    from vlalign.data.shapes import COLOURS, SHAPES, SIZES
+
+    sizes = list(SIZES)
+    shapes_, colours = list(SHAPES), list(COLOURS)
+    combos = [f"{c} {s}" for c in colours for s in shapes_]
+    return {
+        "shape": (shapes_, [[f"a {z} {c} {s}" for z in sizes for c in colours] for s in shapes_],
+                  [shapes_.index(x.meta["shape"]) for x in samples]),
+        "colour": (colours, [[f"a {z} {c} {s}" for z in sizes for s in shapes_] for c in colours],
+                   [colours.index(x.meta["colour"]) for x in samples]),
+        "shape+colour": (combos, [[f"a {z} {c}" for z in sizes] for c in combos],
+                         [combos.index(f"{x.meta['colour']} {x.meta['shape']}") for x in samples]),
+    }
+
+
+def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
+    if not source.classes:
+        raise DataError(f"Zero-shot classification needs a labelled source; {source.name} has no classes.")
+    templates = source.templates() if hasattr(source, "templates") else ["a photo of a {}."]
+    return {"class": (list(source.classes), [[t.format(c) for t in templates] for c in source.classes], None)}
+
+
+def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: int) -> TaskResult:
+    images, _, labels, samples = load_arrays(source, limit)
+    image_embeds = model.encode_image(images)
+    is_shapes = hasattr(source, "scene")
+    label_sets = _shapes_label_sets(samples) if is_shapes else _generic_label_set(source)
+    result = TaskResult([])
+    for label_set, (names, prompts, set_labels) in label_sets.items():
+        set_labels = torch.tensor(labels if set_labels is None else set_labels)
+        metrics = zeroshot_classify(image_embeds, class_embeddings(model.encode_text, prompts), set_labels)
+        confusion = metrics.pop("confusion")
+        result.results.append({"task": task_name, "data": spec, "labels": label_set, **metrics})
+        if label_set in ("shape+colour", "class"):
+            present = sorted(set(set_labels.tolist()))
+            result.figures[f"{task_name}: confusion ({label_set})"] = plots.confusion_matrix(
+                confusion[np.ix_(present, present)], [names[i] for i in present], f"{task_name} confusion, {label_set}")
+    return result
+
+
+@task("zeroshot")
+def zeroshot(model: Aligner, spec: str | None) -> TaskResult:
+    """Zero-shot classification with prompt ensembles; on shapes: shape, colour and shape+colour labels."""
+    spec = spec or _shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    return _classify(model, "zeroshot", spec, build_source(spec), model.config.eval.zeroshot_n)
+
+
+@task("compositional")
+def compositional(model: Aligner, spec: str | None) -> TaskResult:
+    """Zero-shot on colour-shape combinations held out from training (the compositional split)."""
+    spec = spec or _shapes_eval_spec(model, model.config.eval.zeroshot_n, "only")
+    return _classify(model, "compositional", spec, build_source(spec), model.config.eval.zeroshot_n)
+
+
+@task("retrieval")
+def retrieval(model: Aligner, spec: str | None) -> TaskResult:
+    """Image->text and text->image Recall@1/5/10 and mean/median rank on held-out pairs."""
+    spec = spec or model.config.data.eval
+    source = build_source(spec)
+    images, captions, _, _ = load_arrays(source, model.config.eval.retrieval_n)
+    image_embeds, text_embeds = model.encode_image(images), model.encode_text(captions)
+    metrics = retrieval_metrics(image_embeds, text_embeds)
+    metrics["unique_captions"] = len(set(captions))
+    sim = text_embeds[:8] @ image_embeds.t()  # [8 queries, N]
+    top = sim.topk(min(5, len(images)), dim=1).indices.tolist()
+    grid = plots.retrieval_grid(captions[:8], plots.display_images(np.stack(images)), top, list(range(8)))
+    return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})
+
+
+def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> TaskResult:
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise DataError(f"Unknown eval task '{unknown[0]}'. Known tasks: {', '.join(sorted(TASKS))}.")
+    combined = TaskResult([])
+    for name in names:
+        with torch.inference_mode():
+            out = TASKS[name](model, spec)
+        combined.results += out.results
+        combined.figures |= out.figures
+    return combined

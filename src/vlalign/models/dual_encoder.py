@@ -1,0 +1,79 @@
+"""The two-tower alignment model: a vision tower and a text tower pulled into one embedding space.
+
+Heads are components: ``PooledProjection`` (CLIP: a linear map of the pooled feature) by default;
+token-level heads (FDT, ...) plug in the same way. ``forward`` returns features, never a loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlalign.models.text import TextFeatures, TextTransformer
+from vlalign.models.vit import VisionFeatures, VisionTransformer
+
+
+@dataclass
+class AlignmentOutput:
+    image_embeds: torch.Tensor  # [B, E] L2-normalised
+    text_embeds: torch.Tensor  # [B, E] L2-normalised
+    logit_scale: torch.Tensor  # [] exp of the learnable log-scale
+    logit_bias: torch.Tensor  # [] used by the sigmoid loss
+    vision: VisionFeatures
+    text: TextFeatures
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # head-specific outputs (e.g. FDT code weights)
+
+
+class PooledProjection(nn.Module):
+    """CLIP head: a bias-free linear map of the tower's pooled feature, L2-normalised."""
+
+    def __init__(self, width: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=width**-0.5)
+
+    def forward(self, features: VisionFeatures | TextFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return F.normalize(self.proj(features.pooled), dim=-1), {}
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
+                 init_temperature: float = 0.07):
+        super().__init__()
+        self.vision = vision
+        self.text = text
+        self.image_head = image_head
+        self.text_head = text_head
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings."""
+        return self.image_head(self.vision(images, channel_ids))[0]
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings."""
+        mask = ids != 0 if mask is None else mask
+        return self.text_head(self.text(ids, mask))[0]
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                channel_ids: torch.Tensor | None = None) -> AlignmentOutput:
+        vision = self.vision(images, channel_ids)
+        text = self.text(text_ids, text_mask)
+        image_embeds, image_extras = self.image_head(vision)
+        text_embeds, text_extras = self.text_head(text)
+        extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
+        return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text, extras)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""
+        names = set()
+        for name, param in self.named_parameters():
+            if param.ndim < 2 or "pos" in name or "embedding" in name or "cls_token" in name:
+                names.add(name)
+        return names

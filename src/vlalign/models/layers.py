@@ -1,0 +1,94 @@
+"""Transformer building blocks shared by every tower: pre-LN blocks over ``scaled_dot_product_attention``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, T, D = x.shape
+        # [B, T, 3D] -> 3 x [B, heads, T, D/heads]
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks that can return every layer's output (for multi-layer fusion and diagnostics)."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.grad_checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        intermediates = []
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, is_causal)
+            intermediates.append(x)
+        return x, intermediates
+
+
+def padding_attn_mask(mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Boolean attention mask [B, 1, T, T] from a key mask [B, T] (True = real token).
+
+    A query row whose keys are all masked would give NaN; every row keeps at least its own
+    position so padded queries stay finite (their outputs are ignored downstream).
+    """
+    B, T = mask.shape
+    allowed = mask[:, None, None, :].expand(B, 1, T, T)
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=mask.device)
+    return allowed | eye
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) linear and embedding weights, zero biases (ViT / CLIP practice)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)

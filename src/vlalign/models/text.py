@@ -1,0 +1,50 @@
+"""Text transformer tower (CLIP-style): token + position embeddings, pre-LN blocks, pooled output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
+
+
+@dataclass
+class TextFeatures:
+    pooled: torch.Tensor  # [B, D]
+    tokens: torch.Tensor  # [B, L, D] after the final norm
+    mask: torch.Tensor  # [B, L] bool, True = real token
+    intermediates: list[torch.Tensor]  # per block [B, L, D]
+
+
+class TextTransformer(nn.Module):
+    """``pool="eot"``: causal attention and the last real token (CLIP, Radford et al. 2021 §2.4);
+    ``pool="mean"``: bidirectional attention and the mean over real tokens."""
+
+    def __init__(self, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
+                 mlp_ratio: float = 4.0, pool: str = "eot"):
+        super().__init__()
+        self.pool = pool
+        self.width = width
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.zeros(1, context_length, width))
+        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.ln_final = nn.LayerNorm(width)
+        init_weights(self)
+        nn.init.trunc_normal_(self.pos, std=0.01)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+        B, L = ids.shape
+        x = self.token_embedding(ids) + self.pos[:, :L]  # [B, L, D]
+        causal = self.pool == "eot"
+        x, intermediates = self.transformer(x, padding_attn_mask(mask, causal=causal))
+        x = self.ln_final(x)
+        if self.pool == "eot":
+            last = mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token (right padding)
+            pooled = x[torch.arange(B, device=x.device), last]
+        else:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
+        return TextFeatures(pooled=pooled, tokens=x, mask=mask, intermediates=intermediates)

@@ -1,0 +1,86 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with an injected patch embedding.
+
+The patch embedding is a component: ``PatchEmbed`` (one token per spatial patch, all channels
+together) or ChannelViT's per-channel embedding. Either returns tokens that already carry their
+positional (and channel) information; the ViT adds the CLS token and runs pre-LN blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
+
+
+@dataclass
+class PatchTokens:
+    tokens: torch.Tensor  # [B, T, D], position information already added
+    mask: torch.Tensor | None = None  # [B, T] bool, True = real token (None: all real)
+
+
+@dataclass
+class VisionFeatures:
+    pooled: torch.Tensor  # [B, D] CLS (or mean) after the final norm
+    tokens: torch.Tensor  # [B, T, D] patch tokens after the final norm (CLS excluded)
+    mask: torch.Tensor | None  # [B, T] bool for the patch tokens, None when all are real
+    intermediates: list[torch.Tensor]  # per block [B, 1+T, D], before the final norm
+
+
+class PatchEmbed(nn.Module):
+    """Standard ViT patchify: each P×P×C patch -> one token (a strided conv written as one GEMM)."""
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, width: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid**2
+        self.proj = nn.Linear(in_channels * patch_size**2, width)
+        self.pos = nn.Parameter(torch.zeros(1, self.num_patches, width))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> PatchTokens:
+        B, C, H, W = images.shape
+        P = self.patch_size
+        # [B, C, H, W] -> [B, N, C*P*P], patches in row-major order
+        patches = images.view(B, C, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * P * P)
+        return PatchTokens(self.proj(patches) + self.pos)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, patch_embed: nn.Module, width: int, depth: int, heads: int, mlp_ratio: float = 4.0,
+                 pool: str = "cls"):
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.width = width
+        self.pool = pool
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
+        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.ln_post = nn.LayerNorm(width)
+        init_weights(self.transformer)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+
+    def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> VisionFeatures:
+        patches = self.patch_embed(images, channel_ids)
+        B = patches.tokens.shape[0]
+        cls = (self.cls_token + self.cls_pos).expand(B, -1, -1)
+        x = torch.cat([cls, patches.tokens], dim=1)  # [B, 1+T, D]
+        attn_mask = None
+        if patches.mask is not None:
+            full = torch.cat([patches.mask.new_ones(B, 1), patches.mask], dim=1)
+            attn_mask = padding_attn_mask(full)
+        x, intermediates = self.transformer(x, attn_mask)
+        x = self.ln_post(x)
+        tokens = x[:, 1:]
+        if self.pool == "cls":
+            pooled = x[:, 0]
+        elif patches.mask is None:
+            pooled = tokens.mean(1)
+        else:
+            m = patches.mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * m).sum(1) / m.sum(1).clamp_min(1)
+        return VisionFeatures(pooled=pooled, tokens=tokens, mask=patches.mask, intermediates=intermediates)

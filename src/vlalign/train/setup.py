@@ -1,0 +1,104 @@
+"""Turn a ``RunConfig`` into ready components: seed, threads, data, tokenizer, model, objective."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlalign.config import RunConfig
+from vlalign.data.loader import Loader
+from vlalign.data.sample import Source
+from vlalign.data.specs import build_source
+from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
+from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
+from vlalign.models import DualEncoder, build_model
+from vlalign.objectives import Objective, build_objective
+
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENIZER_CAPTIONS = 50_000
+
+
+def seed_everything(seed: int, deterministic: bool, threads: int = 0) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def subset(source: Source, fraction: float, seed: int) -> Source:
+    """A deterministic ``fraction`` of ``source`` (the same samples for the same seed)."""
+    if fraction >= 1.0:
+        return source
+    keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 17))
+    return Subset(source, sorted(keep[: max(1, int(len(source) * fraction))].tolist()))
+
+
+class Subset:
+    def __init__(self, source: Source, indices: list[int]):
+        self.source, self.indices = source, indices
+        self.name = f"{source.name}[{len(indices)} of {len(source)}]"
+        self.classes, self.channel_names = source.classes, source.channel_names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[self.indices[i]]
+
+    def __getattr__(self, name: str):  # source-specific helpers (e.g. the shapes world's config)
+        return getattr(self.source, name)
+
+
+def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list[str]:
+    if hasattr(source, "captions"):
+        return list(source.captions())[:limit]
+    return [source[i].caption for i in range(min(len(source), limit))]
+
+
+def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
+    norm = getattr(source, "normalization", None)  # (mean, std) per channel, for non-8-bit sources
+    mean, std = norm if norm is not None else (None, None)
+    return ImageTransform(cfg.data.image_size, cfg.model.vision.in_channels, mean, std)
+
+
+@dataclass
+class Components:
+    source: Source
+    tokenizer: TextTokenizer
+    model: DualEncoder
+    objective: Objective
+    loader: Loader
+
+
+def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
+    """Load the run's tokenizer if it exists (resume), else train one on the training captions and save it."""
+    path = run_dir / TOKENIZER_FILE
+    if path.is_file():
+        return TextTokenizer.load(path)
+    tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 1) -> Components:
+    source = subset(build_source(cfg.data.train), cfg.data.fraction, cfg.train.seed)
+    tokenizer = build_tokenizer(cfg, source, run_dir)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
+    transform = image_transform(cfg, source)
+    if rank == 0:
+        transform.save(run_dir / PREPROCESS_FILE)
+    loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
+                    cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
+                    num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction)
+    return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
