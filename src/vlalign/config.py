@@ -208,6 +208,11 @@ def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"Config key '{path}' in {source} expects a number, got {value!r}.")
     if tp is str:
         if isinstance(value, str):
