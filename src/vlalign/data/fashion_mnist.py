@@ -16,7 +16,7 @@ from vlalign.data.idx import read_idx
 from vlalign.data.sample import Sample
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
-INSTALL_HINT = "apt-get install -y dataset-fashion-mnist"
+INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
 # Label order of the original release; names in plain words as a caption would use them.
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]

@@ -73,9 +73,10 @@ def read_polygon_layer(path: str | Path, attribute: str, table: str | None = Non
     # Read-only URI: opening a missing or foreign file must not create or modify it.
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
         try:
-            tables = [row[0] for row in connection.execute(
-                "SELECT table_name FROM gpkg_contents WHERE data_type = 'features'"
-            )]
+            tables = [
+                row[0]
+                for row in connection.execute("SELECT table_name FROM gpkg_contents WHERE data_type = 'features'")
+            ]
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{path} is not a GeoPackage ({error})") from error
         if table is None:

