@@ -50,6 +50,7 @@ class FashionMNIST:
     """
 
     channel_names = ("grey",)
+    templates = staticmethod(templates)
 
     def __init__(self, split: Literal["train", "test"] = "train", root: str | Path = DEFAULT_ROOT):
         if split not in _FILE_PREFIX:

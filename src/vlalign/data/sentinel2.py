@@ -228,6 +228,12 @@ class Sentinel2:
             meta={"row": patch.row, "col": patch.col, "majority_fraction": patch.majority_fraction},
         )
 
+    @functools.cached_property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel, as ``ImageTransform`` takes them: uint16 bands are not 8-bit pictures."""
+        mean, std = self.band_statistics()
+        return mean.tolist(), np.maximum(std, 1e-6).tolist()
+
     def band_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std ``[C]`` in DN over every pixel of the *train* patches (whatever this split)."""
         stack = np.stack([self._cut(patch) for patch in self._train_patches]).astype(np.float64)  # [N, C, p, p]

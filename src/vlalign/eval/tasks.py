@@ -89,8 +89,8 @@ def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[st
 def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
     if not source.classes:
         raise DataError(f"Zero-shot classification needs a labelled source; {source.name} has no classes.")
-    templates = source.templates() if hasattr(source, "templates") else ["a photo of a {}."]
-    return {"class": (list(source.classes), [[t.format(c) for t in templates] for c in source.classes], None)}
+    templates = source.templates() if hasattr(source, "templates") else ["a photo of a {c}."]
+    return {"class": (list(source.classes), [[t.format(c=c) for t in templates] for c in source.classes], None)}
 
 
 def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: int) -> TaskResult:
