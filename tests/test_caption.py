@@ -38,7 +38,8 @@ def test_caption_loss_equals_explicit_loop_over_masked_positions():
 
 def test_next_token_targets_matches_loop_and_skips_prefix_prompt_and_padding():
     ids = torch.tensor([[4, 5, 6, 7, 0], [8, 9, 3, 0, 0]])
-    caption = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)  # token 0 = prompt, zeros = pad
+    # row 0: prompt token, caption, pad; row 1: caption from its first token (a target only after a prefix), pad
+    caption = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
     for prefix_len in (0, 3):
         targets, loss_mask = next_token_targets(ids, caption, prefix_len)
         assert targets.shape == loss_mask.shape == (2, prefix_len + 5)

@@ -327,8 +327,8 @@ def _attention_mask(past_mask: Tensor | None, new_mask: Tensor | None, batch: in
     query_index = torch.arange(past_len, total, device=device)[:, None]  # [T, 1]
     key_index = torch.arange(total, device=device)[None, :]  # [1, S]
     allowed = (key_index <= query_index)[None] & key_real[:, None, :]  # [B, T, S]
-    # Every query also sees itself, so a padded query never has an all-masked row (SDPA would
-    # return NaN there); real queries always see themselves anyway.
+    # Every query also sees itself, so a padded query never has an all-masked row: what SDPA returns
+    # for one depends on backend and torch version (NaN in some). Real queries see themselves anyway.
     allowed |= key_index == query_index
     return allowed[:, None]  # [B, 1, T, S]
 
