@@ -37,6 +37,9 @@ def test_output_shapes_and_tied_head():
     assert len(out.hidden_states) == DEPTH + 1
     assert all(h.shape == (3, 11, WIDTH) for h in out.hidden_states)
     assert model(ids).logits.shape == (3, 7, VOCAB)
+    # hidden_states[0] is the first block's input: prefix/tokens plus positions 0..P+L-1.
+    first_input = torch.cat([prefix, model.embed(ids)], dim=1) + model.embed_positions.weight[:11]
+    torch.testing.assert_close(out.hidden_states[0], first_input)
     assert model.embed(ids).shape == (3, 7, WIDTH)
     # Tied: the output projection is the input embedding table itself.
     h_final = out.hidden_states[-1]
@@ -126,6 +129,16 @@ def test_cached_generation_equals_uncached(sampling):
     ]
     assert results[0].shape == (3, 12)
     assert torch.equal(results[0], results[1])
+
+
+def test_generation_from_prefix_alone():
+    model = make_decoder()
+    prefix = torch.randn(2, 3, WIDTH, generator=torch.Generator().manual_seed(4))
+    no_tokens = torch.zeros(2, 0, dtype=torch.long)
+    cached = model.generate(no_tokens, prefix, max_new_tokens=6)
+    assert cached.shape == (2, 6)
+    assert torch.equal(cached, model.generate(no_tokens, prefix, max_new_tokens=6, use_cache=False))
+    assert cached[:, 0].tolist() == model(no_tokens, prefix).logits[:, -1].argmax(-1).tolist()
 
 
 def test_batched_left_padded_generation_matches_one_prompt_at_a_time():
