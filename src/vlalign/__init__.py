@@ -8,6 +8,6 @@ torch.Size([1, 128])
 
 __version__ = "0.1.0"
 
-from vlalign.api import Aligner, load  # noqa: E402
+from vlalign.api import Aligner, VisualAssistant, load  # noqa: E402
 
-__all__ = ["Aligner", "load", "__version__"]
+__all__ = ["Aligner", "VisualAssistant", "load", "__version__"]

@@ -1,4 +1,8 @@
-"""``vlalign.load(run_dir)``: a trained model ready for inference, with its tokenizer and preprocessing."""
+"""``vlalign.load(run_dir)``: a trained model ready for inference, with its tokenizer and preprocessing.
+
+A dual-encoder run loads as an ``Aligner`` (embeddings); a generative run ("lm" or "vlm") as a
+``VisualAssistant`` (answers, captions).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ import yaml
 
 from vlalign.checkpoint import latest_checkpoint, load_checkpoint
 from vlalign.config import RunConfig, from_dict
+from vlalign.data.generative import encode_prompts
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
-from vlalign.errors import CheckpointError
+from vlalign.errors import CheckpointError, VlalignError
 from vlalign.models import DualEncoder, build_model
+from vlalign.models.vlm import VisionLanguageModel
+
+ANSWER_TOKENS = 8  # shapes answers are one word; a little room for a wrong, longer one
 
 
 @dataclass
@@ -52,7 +60,63 @@ class Aligner:
         return self.transform(list(images))
 
 
-def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner:
+@dataclass
+class VisualAssistant:
+    """A loaded generative model: ``answer`` questions about images, ``caption`` them, or ``generate``."""
+
+    model: VisionLanguageModel
+    tokenizer: TextTokenizer
+    transform: ImageTransform
+    config: RunConfig
+    run_dir: Path
+    step: int
+
+    @torch.inference_mode()
+    def generate(self, images: Sequence[np.ndarray] | torch.Tensor | None, prompts: Sequence[str],
+                 max_new_tokens: int | None = None, temperature: float = 0.0, top_k: int | None = None,
+                 seed: int | None = None, batch_size: int = 64) -> list[str]:
+        """Continue ``[image, prompt]`` for each prompt (greedy unless ``temperature`` > 0) -> decoded texts.
+
+        images: N arrays ``[C, H, W]`` as stored, an already-transformed [N, C, H, W] tensor, or None
+        (text only). Generation stops at EOS or after ``max_new_tokens`` (default: as many as fit).
+        """
+        if images is not None and len(images) != len(prompts):
+            raise VlalignError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            ids, mask = encode_prompts(self.tokenizer, list(prompts[i : i + batch_size]),
+                                       self.config.data.context_length)
+            pixels = None
+            if images is not None:
+                chunk = images[i : i + batch_size]
+                pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
+            room = self.config.data.context_length + 1 - ids.shape[1]  # the decoder's context after the prefix
+            new = self.model.generate(pixels, ids, mask, min(max_new_tokens or room, room), self.tokenizer.eos_id,
+                                      temperature, top_k, generator)
+            out += [self.tokenizer.decode(_until_eos(row, self.tokenizer.eos_id)) for row in new.tolist()]
+        return out
+
+    def answer(self, images: Sequence[np.ndarray] | torch.Tensor, questions: Sequence[str], **kwargs) -> list[str]:
+        """One short answer per (image, question)."""
+        return self.generate(images, questions, **({"max_new_tokens": ANSWER_TOKENS} | kwargs))
+
+    def caption(self, images: Sequence[np.ndarray] | torch.Tensor, **kwargs) -> list[str]:
+        """A caption per image (the stage-1 task: no prompt)."""
+        return self.generate(images, [""] * len(images), **kwargs)
+
+    @torch.inference_mode()
+    def project_images(self, images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """Connector outputs, the vectors the language model reads: [N, P, D]."""
+        pixels = images if torch.is_tensor(images) else self.transform(list(images))
+        return self.model.project_images(pixels)[0]
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
+def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner | VisualAssistant:
     """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory)."""
     run_dir = Path(run_dir)
     if (run_dir / "COMMITTED").is_file() and checkpoint is None:  # pointed at a checkpoint directory
@@ -71,4 +135,5 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner:
     model.load_state_dict(tensors)
     model.eval()
     transform = ImageTransform.load(run_dir / PREPROCESS_FILE)
-    return Aligner(model, tokenizer, transform, cfg, run_dir, state["train_state"]["step"])
+    kind = Aligner if isinstance(model, DualEncoder) else VisualAssistant
+    return kind(model, tokenizer, transform, cfg, run_dir, state["train_state"]["step"])

@@ -19,6 +19,7 @@ EPILOG = """examples:
   vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
+  vlalign chat --checkpoint runs/cgvlm-stage2 --image scene.png "what colour is the star?"
   vlalign recipes
 """
 
@@ -49,8 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html into the run directory and prints the results as JSON.")
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional")
+                    "Known: zeroshot, retrieval, compositional; for generative runs vqa, caption, alignment, "
+                    "text-qa")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
+
+    chat = sub.add_parser("chat", help="ask a generative run about an image",
+                          description="Answer a question about an image with a generative (vlm) run; without a "
+                          "question, caption the image.")
+    chat.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    chat.add_argument("--image", required=True, help="a PNG or JPEG file")
+    chat.add_argument("question", nargs="?", default="", help='e.g. "what colour is the star?" (default: caption)')
+    chat.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: what fits)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    chat.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
+    chat.add_argument("--seed", type=int, help="seed for sampling")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -99,6 +112,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from vlalign.api import VisualAssistant, load
+    from vlalign.data.images import read_image
+
+    model = load(args.checkpoint)
+    if not isinstance(model, VisualAssistant) or model.model.vision is None:
+        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; chat needs a vision-language "
+                           "run (model.arch vlm), e.g. one trained with --recipe cgvlm-stage2.")
+    image = read_image(args.image, model.transform.in_channels)
+    reply = model.generate([image], [args.question], max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)[0]
+    print(reply)
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from vlalign.recipes import DEFAULT_RECIPE, RECIPES, describe
 
@@ -141,7 +169,7 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "recipes": cmd_recipes, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

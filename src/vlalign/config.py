@@ -51,17 +51,37 @@ class TextConfig:
 
 
 @dataclass(kw_only=True)
+class VLMConfig:
+    """The generative side (archs "lm" and "vlm"): ViT -> connector -> causal LM (LLaVA; METHODS.md §3)."""
+
+    decoder: str = "lm-mini"  # a row of vlalign.models.registry.DECODER_SIZES
+    connector: str = "mlp"  # "linear" (LLaVA) | "mlp" (LLaVA-1.5: Linear-GELU-Linear)
+    # Top-level modules whose weights stay fixed: "vision", "connector", "decoder".
+    # The default is LLaVA stage 1 (alignment): only the connector trains.
+    freeze: list[str] = field(default_factory=lambda: ["vision", "decoder"])
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
+    arch: str = "dual-encoder"  # "dual-encoder" (CLIP-style) | "lm" (text-only causal LM) | "vlm" (LLaVA-style)
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
+    # Run directories whose newest checkpoint initialises this model, in order: every weight whose
+    # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
+    init_from: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid)
+    # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "generative" (next-token loss on targets)
+    # | "cgvlm" (generative + patch-token contrastive, METHODS.md §3.3)
+    name: str = "clip"
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+    contrastive_weight: float = 1.0  # cgvlm: λ in L = L_gen + λ·L_con (unknown in the paper; 0 = captioning only)
+    pool: str = "mean"  # cgvlm: pooling of the projected patches, "mean" | "max"
 
 
 @dataclass(kw_only=True)
@@ -94,6 +114,8 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["zeroshot", "retrieval", "compositional"])
     zeroshot_n: int = 1000  # single-object images for zero-shot classification
     retrieval_n: int = 1000
+    vqa_n: int = 1000  # held-out questions for the vqa task
+    caption_n: int = 200  # held-out images for the caption task (and the alignment diagnostic)
     batch_size: int = 256
 
 
@@ -112,11 +134,18 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact",),
     "model.vision.patch_embed": ("standard", "channel"),
+    "model.arch": ("dual-encoder", "lm", "vlm"),
     "model.vision.pool": ("cls", "mean"),
+    "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
-    "objective.name": ("clip", "siglip"),
+    "objective.name": ("clip", "siglip", "generative", "cgvlm"),
+    "objective.pool": ("mean", "max"),
     "train.nonfinite_policy": ("error", "skip"),
 }
+
+# Objectives that train a causal LM; every other objective trains the dual encoder.
+GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm")}
+FREEZABLE_MODULES = ("vision", "connector", "decoder")
 
 # Fields that change the shape of a saved tensor or the meaning of a token: resuming with a
 # different value is refused (checked by vlalign.train.resume).
@@ -169,9 +198,29 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
             f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
             f"model.vision.patch_size ({cfg.model.vision.patch_size})."
         )
+    _validate_arch(cfg, source)
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     return cfg
+
+
+def _validate_arch(cfg: RunConfig, source: str) -> None:
+    arch, objective = cfg.model.arch, cfg.objective.name
+    generative = {name for names in GENERATIVE_OBJECTIVES.values() for name in names}
+    allowed = GENERATIVE_OBJECTIVES.get(arch)
+    if allowed is not None and objective not in allowed:
+        raise ConfigError(f"In {source}: model.arch '{arch}' trains with objective.name one of "
+                          f"{', '.join(allowed)}, got '{objective}'.")
+    if allowed is None and objective in generative:
+        raise ConfigError(f"In {source}: objective.name '{objective}' trains a language model; "
+                          "set model.arch to 'vlm' (or 'lm' for the generative objective).")
+    unknown = [name for name in cfg.model.vlm.freeze if name not in FREEZABLE_MODULES]
+    if unknown:
+        raise ConfigError(f"Config key 'model.vlm.freeze' in {source} names '{unknown[0]}'; "
+                          f"freezable modules are: {', '.join(FREEZABLE_MODULES)}.")
+    if cfg.objective.contrastive_weight < 0:
+        raise ConfigError(f"Config key 'objective.contrastive_weight' in {source} must be >= 0, "
+                          f"got {cfg.objective.contrastive_weight}.")
 
 
 def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:

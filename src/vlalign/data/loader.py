@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -79,20 +79,21 @@ class _BatchesOfEpoch(Dataset):
     """Map-style dataset whose item b is the collated batch b of one epoch (runs in workers)."""
 
     def __init__(self, source: Source, order: torch.Tensor, batch_size: int, tokenizer: TextTokenizer,
-                 context_length: int, transform: ImageTransform):
+                 context_length: int, transform: ImageTransform, collate_fn: Callable[..., dict]):
         self.source, self.order, self.batch_size = source, order, batch_size
         self.tokenizer, self.context_length, self.transform = tokenizer, context_length, transform
+        self.collate_fn = collate_fn
 
     def __len__(self) -> int:
         return len(self.order) // self.batch_size
 
     def __getitem__(self, b: int) -> dict:
         indices = self.order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
-        return collate(self.source, indices, self.tokenizer, self.context_length, self.transform)
+        return self.collate_fn(self.source, indices, self.tokenizer, self.context_length, self.transform)
 
 
-def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
-            transform: ImageTransform) -> dict:
+def read_samples(source: Source, indices: list[int]) -> tuple[list, list[tuple[str, str, str]]]:
+    """The readable samples at ``indices`` and (reason, source, detail) for each one skipped."""
     samples, skips = [], []
     for i in indices:
         try:
@@ -102,6 +103,13 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
             samples.append(sample)
         except CorruptSample as bad:
             skips.append((bad.reason, bad.source, bad.detail))
+    return samples, skips
+
+
+def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
+            transform: ImageTransform) -> dict:
+    """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``."""
+    samples, skips = read_samples(source, indices)
     if not samples:
         return {"images": None, "skipped": skips, "n_seen": len(indices)}
     captions = [s.caption for s in samples]
@@ -121,11 +129,15 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
 
 
 class Loader:
-    """Endless iterator over batches, epoch after epoch, with a ``state_dict`` for exact resume."""
+    """Endless iterator over batches, epoch after epoch, with a ``state_dict`` for exact resume.
+
+    ``collate_fn(source, indices, tokenizer, context_length, transform)`` builds one batch dict:
+    ``collate`` (image-caption pairs) by default, or e.g. the generative models' examples.
+    """
 
     def __init__(self, source: Source, tokenizer: TextTokenizer, transform: ImageTransform, batch_size: int,
                  context_length: int, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0,
-                 max_skip_fraction: float = 0.01):
+                 max_skip_fraction: float = 0.01, collate_fn: Callable[..., dict] = collate):
         if len(source) // world < batch_size:
             raise DataError(
                 f"Data source {source.name} has {len(source)} samples: fewer than one batch of {batch_size} "
@@ -136,6 +148,7 @@ class Loader:
         self.seed, self.rank, self.world = seed, rank, world
         self.num_workers = num_workers
         self.max_skip_fraction = max_skip_fraction
+        self.collate_fn = collate_fn
         self.epoch, self.next_batch = 0, 0
         self.skips = SkipCounter()
 
@@ -147,7 +160,7 @@ class Loader:
         while True:
             order = epoch_order(len(self.source), self.seed, self.epoch, self.rank, self.world)
             dataset = _BatchesOfEpoch(self.source, order, self.batch_size, self.tokenizer, self.context_length,
-                                      self.transform)
+                                      self.transform, self.collate_fn)
             remaining = range(self.next_batch, len(dataset))
             loader = DataLoader(dataset, batch_size=None, sampler=remaining, num_workers=self.num_workers,
                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
@@ -155,7 +168,7 @@ class Loader:
                 self.next_batch += 1
                 self.skips.add(batch["n_seen"], batch["skipped"])
                 self.skips.check(self.max_skip_fraction)
-                if batch["images"] is None:
+                if batch.get("text_ids") is None:  # every sample of the batch was corrupt
                     continue
                 yield batch
             self.epoch, self.next_batch = self.epoch + 1, 0

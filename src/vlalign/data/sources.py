@@ -23,6 +23,14 @@ def shapes_source(argument: str) -> Source:
         raise DataError(f"Data spec 'shapes:{argument}': {err}") from None
 
 
+@register_source("shapes-qa", "shapes-qa:n=2000,seed=7[,objects=1-3]  (every question of n shapes scenes)")
+def shapes_qa_source(argument: str) -> Source:
+    from vlalign.data.shapes_qa import ShapesQA
+
+    world = shapes_source(argument)
+    return ShapesQA(world)
+
+
 def _split(argument: str, spec: str) -> str:
     split = argument.strip() or "test"
     if split not in ("train", "test"):

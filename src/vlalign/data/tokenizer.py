@@ -42,8 +42,9 @@ class TextTokenizer:
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids, ids != self.pad_id
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+    def encode(self, text: str, special_tokens: bool = True) -> list[int]:
+        """Ids of ``text``; with ``special_tokens`` wrapped as ``[BOS] ... [EOS]``."""
+        return self.tokenizer.encode(text, add_special_tokens=special_tokens).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()

@@ -29,6 +29,17 @@ def training_curves(records: list[dict]) -> bytes:
     return to_png(fig)
 
 
+def bar_chart(labels: list[str], values: list[float], ylabel: str, title: str) -> bytes:
+    """One bar per label, values in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(labels, values, color="#2b6cb0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return to_png(fig)
+
+
 def confusion_matrix(confusion: np.ndarray, class_names: list[str], title: str) -> bytes:
     k = len(class_names)
     size = max(5.0, 0.18 * k + 2)

@@ -12,7 +12,8 @@ from pathlib import Path
 from vlalign.eval import plots
 
 SUMMARY_KEYS = ("top1", "top5", "mean_per_class_recall", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "t2i_R@10",
-                "mean", "accuracy")
+                "mean", "accuracy", "attribute_recall", "attribute_precision", "cos_related", "cos_unrelated",
+                "cos_gap")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

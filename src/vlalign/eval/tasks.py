@@ -1,7 +1,9 @@
 """Evaluation tasks. Each task takes a loaded model (``vlalign.api.Aligner``) and an optional data
 spec, and returns JSON metrics (one dict per result, each with a ``"task"`` key) plus figures.
 
-Register a new task with ``@task("name")``; ``vlalign eval --task name`` runs it.
+Register a new task with ``@task("name")``; ``vlalign eval --task name`` runs it. Tasks for
+generative runs (``model.arch`` "lm" or "vlm", loaded as ``vlalign.api.VisualAssistant``) register
+with ``@task("name", generative=True)`` and live in ``eval/generative.py``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class TaskResult:
 
 
 TASKS: dict[str, Callable[[Aligner, str | None], TaskResult]] = {}
+GENERATIVE_TASKS: set[str] = set()  # tasks that take a generative model instead of an Aligner
 
 
-def task(name: str):
+def task(name: str, generative: bool = False):
     def wrap(fn: Callable[[Aligner, str | None], TaskResult]):
         TASKS[name] = fn
+        if generative:
+            GENERATIVE_TASKS.add(name)
         return fn
 
     return wrap
@@ -144,6 +149,12 @@ def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> Task
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise DataError(f"Unknown eval task '{unknown[0]}'. Known tasks: {', '.join(sorted(TASKS))}.")
+    generative = model.config.model.arch != "dual-encoder"
+    wrong = [n for n in names if (n in GENERATIVE_TASKS) != generative]
+    if wrong:
+        fitting = sorted(n for n in TASKS if (n in GENERATIVE_TASKS) == generative)
+        raise DataError(f"Eval task '{wrong[0]}' does not apply to this run (model.arch "
+                        f"'{model.config.model.arch}'). Tasks for it: {', '.join(fitting)}.")
     combined = TaskResult([])
     for name in names:
         with torch.inference_mode():

@@ -5,10 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
+from vlalign.models.decoder import CausalDecoder, DecoderConfig
 from vlalign.models.dual_encoder import DualEncoder, PooledProjection
-from vlalign.models.registry import text_size, vision_size
+from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
+from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
 PATCH_EMBEDS = {"standard": PatchEmbed}
 
@@ -30,7 +32,30 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTr
                            cfg.text.pool)
 
 
-def build_model(cfg: ModelConfig, image_size: int, vocab_size: int, context_length: int) -> DualEncoder:
+def num_image_tokens(cfg: ModelConfig, image_size: int) -> int:
+    """Patch tokens the ViT gives at most: N spatial patches, times C channels for ChannelViT (METHODS.md §1.1)."""
+    patches = (image_size // cfg.vision.patch_size) ** 2
+    return patches * cfg.vision.in_channels if cfg.vision.patch_embed == "channel" else patches
+
+
+def build_vlm(cfg: ModelConfig, image_size: int, vocab_size: int, context_length: int) -> VisionLanguageModel:
+    """arch "vlm": ViT -> connector -> causal LM; arch "lm": the causal LM alone (same positions)."""
+    prefix = num_image_tokens(cfg, image_size)
+    size = decoder_size(cfg.vlm.decoder)
+    decoder = CausalDecoder(DecoderConfig(vocab_size=vocab_size, context_length=prefix + context_length,
+                                          width=size.width, depth=size.depth, heads=size.heads,
+                                          mlp_ratio=size.mlp_ratio))
+    if cfg.arch == "lm":
+        return VisionLanguageModel(decoder, prefix)
+    vision = build_vision(cfg, image_size)
+    connector = CONNECTORS[cfg.vlm.connector](vision.width, size.width)
+    return VisionLanguageModel(decoder, prefix, vision, connector, cfg.init_temperature)
+
+
+def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
+                context_length: int) -> DualEncoder | VisionLanguageModel:
+    if cfg.arch in ("lm", "vlm"):
+        return build_vlm(cfg, image_size, vocab_size, context_length)
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
     return DualEncoder(vision, text, PooledProjection(vision.width, cfg.embed_dim),

@@ -37,12 +37,25 @@ TEXT_SIZES: dict[str, TowerSize] = {
 }
 
 
+# Causal language models of the generative (LLaVA / CG-VLM) pipeline; nanoGPT-style widths.
+DECODER_SIZES: dict[str, TowerSize] = {
+    "lm-micro": TowerSize(64, 2, 2),
+    "lm-mini": TowerSize(128, 3, 4),
+    "lm-tiny": TowerSize(128, 4, 4),
+    "lm-small-cpu": TowerSize(256, 6, 4),
+}
+
+
 def vision_size(name: str) -> TowerSize:
     return _lookup(VISION_SIZES, name, "model.vision.size")
 
 
 def text_size(name: str) -> TowerSize:
     return _lookup(TEXT_SIZES, name, "model.text.size")
+
+
+def decoder_size(name: str) -> TowerSize:
+    return _lookup(DECODER_SIZES, name, "model.vlm.decoder")
 
 
 def _lookup(table: dict[str, TowerSize], name: str, key: str) -> TowerSize:

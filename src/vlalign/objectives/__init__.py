@@ -6,16 +6,19 @@ Register a new one with ``@register("name")``; ``build_objective(cfg)`` picks it
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from vlalign.config import ObjectiveConfig
 from vlalign.errors import ConfigError
 from vlalign.models.dual_encoder import AlignmentOutput
+from vlalign.models.vlm import VLMOutput
+from vlalign.objectives.caption import caption_loss, next_token_targets
+from vlalign.objectives.cgvlm import patch_token_contrastive_loss
 from vlalign.objectives.contrastive import clip_loss, siglip_loss
 
-Objective = Callable[[AlignmentOutput, dict], tuple[torch.Tensor, dict[str, float]]]
+Objective = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
 OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
 
 
@@ -47,5 +50,40 @@ def siglip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
         return loss, {"loss/siglip": loss.item(), "logit_bias": out.logit_bias.item()}
+
+    return objective
+
+
+def generative_loss(out: VLMOutput, batch: dict) -> torch.Tensor:
+    """L_gen: next-token cross-entropy on the target tokens only (never the prefix, prompt or padding)."""
+    targets, loss_mask = next_token_targets(batch["text_ids"], batch["target_mask"], out.prefix_len)
+    return caption_loss(out.logits, targets, loss_mask)
+
+
+@register("generative")
+def generative_objective(cfg: ObjectiveConfig) -> Objective:
+    """LLaVA: captioning (stage 1), instruction tuning (stage 2) and text-only LM pre-training."""
+
+    def objective(out: VLMOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = generative_loss(out, batch)
+        return loss, {"loss/gen": loss.item()}
+
+    return objective
+
+
+@register("cgvlm")
+def cgvlm_objective(cfg: ObjectiveConfig) -> Objective:
+    """CG-VLM (METHODS.md §3.3): L = L_gen + λ·L_con; with λ = 0 it is LLaVA's captioning loss."""
+
+    def objective(out: VLMOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if out.image_tokens is None:
+            raise ConfigError("objective 'cgvlm' needs image batches (model.arch 'vlm'); "
+                              "use objective 'generative' for text only.")
+        gen = generative_loss(out, batch)
+        con = patch_token_contrastive_loss(out.image_tokens, out.image_mask, out.token_embeds,
+                                           batch["content_mask"], out.logit_scale, cfg.pool)
+        # λ = 0 adds nothing (not even 0·L_con, which would be NaN if L_con were); L_con is still logged.
+        loss = gen if cfg.contrastive_weight == 0 else gen + cfg.contrastive_weight * con
+        return loss, {"loss/gen": gen.item(), "loss/con": con.item()}
 
     return objective

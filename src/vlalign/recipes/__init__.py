@@ -71,3 +71,100 @@ def tiny() -> RunConfig:
     cfg.eval.zeroshot_n = 64
     cfg.eval.retrieval_n = 64
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# CG-VLM / LLaVA stages (METHODS.md §3.4). Each recipe reads the previous stage's run directory
+# (model.init_from), under runs/ by default:
+#   cgvlm-vision, lm-pretrain -> cgvlm-stage1-gen | cgvlm-stage1-cg -> cgvlm-stage2
+# Every stage shares the image size, patch size, vision and decoder sizes and the text context, so
+# the weights carry over; the tokenizer is the language model's. Distinct seeds keep the data of
+# each stage apart, and the eval scenes (seed 1) apart from all of them.
+
+CGVLM_EVAL = "shapes-qa:n=100,seed=1"
+
+
+def _generative_base() -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.eval = CGVLM_EVAL
+    cfg.data.image_size = 32
+    cfg.data.batch_size = 32
+    cfg.data.context_length = 48  # caption, question and answer as one text fit with room to spare
+    cfg.model.arch = "vlm"
+    cfg.model.vision.size = "vit-micro"
+    cfg.model.text.vocab_size = 512  # the shapes corpus has fewer words than that: BPE stops early
+    cfg.model.vlm.decoder = "lm-mini"
+    cfg.objective.name = "generative"
+    cfg.optim.warmup_steps = 30
+    cfg.optim.weight_decay = 0.0
+    cfg.train.steps = 300
+    cfg.train.log_every = 25
+    cfg.train.checkpoint_every = 100
+    cfg.eval.vqa_n = 1000
+    cfg.eval.caption_n = 100
+    return cfg
+
+
+@recipe
+def cgvlm_vision() -> RunConfig:
+    """CG-VLM stage 0b: CLIP on shapes, training the ViT the generative stages reuse (~2 min)."""
+    cfg = RunConfig()
+    cfg.data.train = "shapes:n=8000,seed=4"
+    cfg.data.eval = "shapes:n=500,seed=1"
+    cfg.data.image_size = 32
+    cfg.data.batch_size = 64
+    cfg.model.vision.size = "vit-micro"
+    cfg.model.text.size = "text-micro"
+    cfg.model.text.vocab_size = 300
+    cfg.model.embed_dim = 64
+    cfg.train.steps = 300
+    cfg.train.checkpoint_every = 100
+    cfg.optim.warmup_steps = 30
+    cfg.eval.tasks = ["zeroshot", "retrieval"]
+    cfg.eval.zeroshot_n = 500
+    cfg.eval.retrieval_n = 500
+    return cfg
+
+
+@recipe
+def lm_pretrain() -> RunConfig:
+    """CG-VLM stage 0a: a tiny causal LM pre-trained on text only (captions, questions, answers)."""
+    cfg = _generative_base()
+    cfg.data.train = "shapes-qa:n=3000,seed=3"
+    cfg.model.arch = "lm"
+    cfg.model.vlm.freeze = []
+    cfg.optim.lr = 2e-3
+    cfg.train.steps = 400
+    cfg.eval.tasks = ["text-qa"]
+    return cfg
+
+
+@recipe
+def cgvlm_stage1_gen() -> RunConfig:
+    """Stage 1 (LLaVA): align the connector with captioning only; ViT and LM frozen."""
+    cfg = _generative_base()
+    cfg.data.train = "shapes:n=6000,seed=0"
+    cfg.model.init_from = ["runs/lm-pretrain", "runs/cgvlm-vision"]
+    cfg.optim.lr = 2e-3  # LLaVA's stage-1 rate: only the connector learns
+    cfg.eval.tasks = ["caption", "alignment"]
+    return cfg
+
+
+@recipe
+def cgvlm_stage1_cg() -> RunConfig:
+    """Stage 1 (CG-VLM): captioning + patch-token contrastive loss (λ=1); ViT and LM frozen."""
+    cfg = cgvlm_stage1_gen()
+    cfg.objective.name = "cgvlm"
+    return cfg
+
+
+@recipe
+def cgvlm_stage2() -> RunConfig:
+    """Stage 2: instruction tuning on shapes QA (connector + LM); subsample with data.fraction."""
+    cfg = _generative_base()
+    cfg.data.train = "shapes-qa:n=2000,seed=2"
+    cfg.model.init_from = ["runs/cgvlm-stage1-cg"]
+    cfg.model.vlm.freeze = ["vision"]
+    cfg.optim.lr = 5e-4
+    cfg.eval.tasks = ["vqa", "text-qa"]
+    return cfg

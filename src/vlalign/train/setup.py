@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from dataclasses import dataclass
@@ -10,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig
-from vlalign.data.loader import Loader
+from vlalign.data.generative import collate_generative
+from vlalign.data.loader import Loader, collate
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
+from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
+from vlalign.models.transfer import language_model_source, load_matching_weights
+from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -59,6 +65,8 @@ class Subset:
 
 
 def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list[str]:
+    if hasattr(source, "texts"):  # every text of the source, e.g. questions and answers beside the captions
+        return source.texts()[:limit]
     if hasattr(source, "captions"):
         return list(source.captions())[:limit]
     return [source[i].caption for i in range(min(len(source), limit))]
@@ -74,17 +82,23 @@ def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
 class Components:
     source: Source
     tokenizer: TextTokenizer
-    model: DualEncoder
+    model: DualEncoder | VisionLanguageModel
     objective: Objective
     loader: Loader
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
-    """Load the run's tokenizer if it exists (resume), else train one on the training captions and save it."""
+    """Load the run's tokenizer if it exists (resume); else inherit the one of the language model this run
+    starts from (``model.init_from``: the vocabulary belongs to its embeddings), or train one on the
+    training texts. Then save it with the run."""
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
-    tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
+    inherited = language_model_source(cfg.model.init_from) if cfg.model.arch != "dual-encoder" else None
+    if inherited is not None:
+        tokenizer = TextTokenizer.load(inherited / TOKENIZER_FILE)
+    else:
+        tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
@@ -95,10 +109,26 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     tokenizer = build_tokenizer(cfg, source, run_dir)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
+    if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
+        load_matching_weights(model, cfg.model.init_from)
+    if isinstance(model, VisionLanguageModel):
+        freeze(model, cfg)
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
+    collate_fn = collate
+    if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
+        collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
-                    num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction)
+                    num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
+                    collate_fn=collate_fn)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+
+
+def freeze(model: VisionLanguageModel, cfg: RunConfig) -> None:
+    """Fix the modules named in ``model.vlm.freeze``; something must be left to train."""
+    model.freeze(cfg.model.vlm.freeze)
+    if not any(p.requires_grad for name, p in model.named_parameters() if name != "logit_scale"):
+        raise ConfigError(f"model.vlm.freeze={cfg.model.vlm.freeze} freezes every weight of this "
+                          f"'{cfg.model.arch}' model: nothing would train. Remove a module from the list.")

@@ -80,7 +80,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
         batch = next(batches)
         data_wait += time.perf_counter() - t0
         step_metrics = train_step(model, objective, optimizer, batch, state, cfg)
-        window_pairs += batch["images"].shape[0] * world
+        window_pairs += batch["text_ids"].shape[0] * world
         bar.update(1)
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
             elapsed = time.perf_counter() - window_start
@@ -123,13 +123,16 @@ def train_step(model, objective, optimizer, batch: dict, state: TrainState, cfg:
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     optimizer.step()
-    with torch.no_grad():  # CLIP clamps the temperature so logits never exceed max_logit_scale
-        model.logit_scale.clamp_(max=math.log(cfg.objective.max_logit_scale))
+    scale = getattr(model, "logit_scale", None)  # a text-only language model has none
+    if scale is not None:
+        with torch.no_grad():  # CLIP clamps the temperature so logits never exceed max_logit_scale
+            scale.clamp_(max=math.log(cfg.objective.max_logit_scale))
     state.step += 1
-    state.samples_seen += batch["images"].shape[0] * dist.world_size()
+    state.samples_seen += batch["text_ids"].shape[0] * dist.world_size()
     state.consecutive_nonfinite = 0
+    scales = {"logit_scale": scale.exp().item()} if scale is not None else {}
     return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-            "param_norm": global_norm(model.parameters()), "logit_scale": model.logit_scale.exp().item(), **metrics}
+            "param_norm": global_norm(model.parameters()), **scales, **metrics}
 
 
 def handle_nonfinite(optimizer, state: TrainState, cfg: RunConfig, loss: float, grad_norm: float) -> dict:

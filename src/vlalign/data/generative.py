@@ -1,0 +1,113 @@
+"""Batches for the generative (LLaVA-style) models: an optional image, a prompt and a target text.
+
+Each sample becomes one example (METHODS.md §3.4):
+- text only (arch "lm", the language model's pre-training): the sample as one plain-text document
+  (its caption; for a question sample, caption, question and answer), all of it a target;
+- image + caption (stage 1, alignment): no prompt, the caption is the target;
+- image + question (stage 2, instruction tuning; samples with ``meta["question"]``): the question
+  is the prompt, the answer the target.
+
+Token layout, right padded: ``[BOS] prompt target [EOS] [PAD]...``. ``target_mask`` marks the target
+and its EOS (what the generative loss learns); ``content_mask`` marks the target's own tokens, the
+sentence that CG-VLM's contrastive loss compares with the image. Prompts for generation are left
+padded instead (``encode_prompts``), as ``CausalDecoder.generate`` requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlalign.data.loader import read_samples
+from vlalign.data.sample import Sample, Source
+from vlalign.data.shapes_qa import qa_document
+from vlalign.data.tokenizer import TextTokenizer
+from vlalign.data.transforms import ImageTransform
+from vlalign.errors import DataError
+
+
+@dataclass
+class GenerativeExample:
+    image: np.ndarray | None  # [C, H, W] as stored; None for text-only examples
+    prompt: str  # conditioning text, never a target ("" for none)
+    target: str  # the text to generate
+
+
+def to_example(sample: Sample, with_image: bool) -> GenerativeExample:
+    question = sample.meta.get("question")
+    if not with_image:
+        text = sample.caption if question is None else qa_document(sample.caption, question, sample.meta["answer"])
+        return GenerativeExample(None, "", text)
+    if question is None:
+        return GenerativeExample(sample.image, "", sample.caption)
+    return GenerativeExample(sample.image, question, sample.meta["answer"])
+
+
+def encode_examples(tokenizer: TextTokenizer, examples: list[GenerativeExample], context_length: int) -> dict:
+    """-> ``text_ids``, ``text_mask``, ``target_mask``, ``content_mask``, each [B, L].
+
+    L is the longest example, at most ``context_length``: padding costs compute in a decoder, and a
+    question with its answer is far shorter than the context. A too-long target is cut to fit and
+    keeps its EOS; a prompt that leaves no room raises DataError.
+    """
+    rows = []
+    for example in examples:
+        prompt = [tokenizer.bos_id] + (tokenizer.encode(example.prompt, special_tokens=False) if example.prompt else [])
+        target = tokenizer.encode(example.target, special_tokens=False)
+        room = context_length - len(prompt) - 1  # the EOS always fits
+        if room < 1:
+            raise DataError(f"The prompt {example.prompt!r} takes {len(prompt)} tokens, leaving no room for an "
+                            f"answer within data.context_length={context_length}; raise data.context_length.")
+        rows.append((prompt, target[:room] + [tokenizer.eos_id]))
+    length = max(len(prompt) + len(target) for prompt, target in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
+    target_mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    content_mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for row, (prompt, target) in enumerate(rows):
+        end = len(prompt) + len(target)
+        ids[row, :end] = torch.tensor(prompt + target)
+        target_mask[row, len(prompt) : end] = True
+        content_mask[row, len(prompt) : end - 1] = True  # the target's own words, without its EOS
+    return {"text_ids": ids, "text_mask": ids != tokenizer.pad_id, "target_mask": target_mask,
+            "content_mask": content_mask}
+
+
+def encode_prompts(tokenizer: TextTokenizer, prompts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[BOS] prompt`` for each prompt, LEFT padded -> ids [B, L], mask [B, L] (True = real)."""
+    rows = [[tokenizer.bos_id] + (tokenizer.encode(p, special_tokens=False) if p else []) for p in prompts]
+    longest = max(map(len, rows))
+    if longest > context_length:
+        raise DataError(f"A prompt of {longest} tokens does not fit data.context_length={context_length}; "
+                        "shorten the question.")
+    ids = torch.full((len(rows), longest), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row) :] = torch.tensor(row)
+        mask[i, longest - len(row) :] = True
+    return ids, mask
+
+
+def collate_generative(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
+                       transform: ImageTransform, with_image: bool = True) -> dict:
+    """One training batch of generative examples (``images`` is None for text-only batches)."""
+    samples, skips = read_samples(source, indices)
+    if not samples:
+        return {"skipped": skips, "n_seen": len(indices)}
+    examples = [to_example(s, with_image) for s in samples]
+    images = channel_ids = None
+    if with_image:
+        images = transform([e.image for e in examples])  # [B, C, H, W]
+        channel_ids = torch.arange(examples[0].image.shape[0]).expand(len(examples), -1)  # [B, C]
+    return {
+        "images": images,
+        "channel_ids": channel_ids,
+        **encode_examples(tokenizer, examples, context_length),
+        "keys": [s.key for s in samples],
+        "prompts": [e.prompt for e in examples],
+        "targets": [e.target for e in examples],
+        "skipped": skips,
+        "n_seen": len(indices),
+    }
+

@@ -1,0 +1,78 @@
+"""Start a model from earlier runs (``model.init_from``): the stages of the generative pipeline.
+
+LLaVA / CG-VLM (METHODS.md §3.4) chain runs: a language model pre-trained on text, a vision tower
+from a CLIP run, then stage 1 (alignment) and stage 2 (instruction tuning), each starting from the
+previous. A run passes on every module weight whose name and shape match the new model: a CLIP
+run's ``vision.*``, a language model's ``decoder.*``, a stage-1 run's everything. Only weights inside
+modules move; top-level scalars such as a contrastive temperature belong to their objective and
+start afresh. Runs are applied in order, so a later run overrides an earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from vlalign.checkpoint import latest_checkpoint, load_checkpoint
+from vlalign.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+GENERATIVE_ARCHS = ("lm", "vlm")
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The newest committed checkpoint of ``run_dir``, or a CheckpointError saying what to train."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"model.init_from: {run_dir} is not a vlalign run directory (no config.yaml). "
+                              "Train that stage first, or point model.init_from at its --out directory.")
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"model.init_from: {run_dir} has no complete checkpoint yet; finish training it first.")
+    return checkpoint
+
+
+def language_model_source(run_dirs: list[str]) -> Path | None:
+    """The last run in ``run_dirs`` that trained a language model: its decoder, hence its tokenizer, is inherited."""
+    found = None
+    for run_dir in run_dirs:
+        run_checkpoint(run_dir)
+        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        if saved.get("model", {}).get("arch") in GENERATIVE_ARCHS:
+            found = Path(run_dir)
+    return found
+
+
+def load_matching_weights(model: nn.Module, run_dirs: list[str]) -> dict[str, str]:
+    """Copy matching module weights from each run's newest checkpoint, in order.
+
+    Returns {top-level module: the run it came from}. A run with no matching weight, or a weight of
+    the same name but another shape (a different size, vocabulary or image size), is an error.
+    """
+    own = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for run_dir in run_dirs:
+        tensors, _, _ = load_checkpoint(run_checkpoint(run_dir))
+        shared = [name for name in tensors if name in own and "." in name]
+        clashes = [f"{n} {tuple(tensors[n].shape)} vs {tuple(own[n].shape)}" for n in shared
+                   if tensors[n].shape != own[n].shape]
+        if clashes:
+            raise CheckpointError(f"model.init_from: {run_dir} has weights of other shapes than this model: "
+                                  f"{'; '.join(clashes[:3])}. Use the same sizes, image size, context length "
+                                  "and tokenizer as that run.")
+        if not shared:
+            raise CheckpointError(f"model.init_from: {run_dir} shares no weight with this model "
+                                  f"(its modules: {', '.join(sorted({n.split('.')[0] for n in tensors}))}).")
+        for name in shared:
+            loaded[name] = tensors[name]
+            origin[name.split(".")[0]] = str(run_dir)
+    model.load_state_dict(loaded, strict=False)
+    for module, run_dir in origin.items():
+        log.info("initialised %s from %s", module, run_dir)
+    return origin
