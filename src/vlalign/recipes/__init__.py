@@ -93,7 +93,7 @@ def _generative_base() -> RunConfig:
     cfg.model.arch = "vlm"
     cfg.model.vision.size = "vit-micro"
     cfg.model.text.vocab_size = 512  # the shapes corpus has fewer words than that: BPE stops early
-    cfg.model.vlm.decoder = "lm-mini"
+    cfg.model.vlm.decoder = "lm-micro"
     cfg.objective.name = "generative"
     cfg.optim.warmup_steps = 30
     cfg.optim.weight_decay = 0.0
