@@ -14,9 +14,15 @@ def evaluate(model: Aligner, tasks: list[str], spec: str | None = None, write: b
     """Run ``tasks``; write ``eval.json`` and ``report.html`` into the model's run directory."""
     out = run_tasks(model, tasks, spec)
     if write:
-        payload = {"run": str(model.run_dir), "step": model.step, "results": out.results}
-        (model.run_dir / "eval.json").write_text(json.dumps(payload, indent=1))
-        write_report(model.run_dir, out.results, out.figures)
+        path = model.run_dir / "eval.json"
+        results = out.results
+        if path.is_file():  # keep earlier results of other tasks/data; replace the ones just re-run
+            rerun = {(r["task"], r.get("data")) for r in out.results}
+            earlier = json.loads(path.read_text()).get("results", [])
+            results = [r for r in earlier if (r["task"], r.get("data")) not in rerun] + out.results
+        payload = {"run": str(model.run_dir), "step": model.step, "results": results}
+        path.write_text(json.dumps(payload, indent=1))
+        write_report(model.run_dir, results, out.figures)
     return out
 
 
