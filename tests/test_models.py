@@ -7,9 +7,10 @@ from vlalign.models.registry import TEXT_SIZES, VISION_SIZES
 from vlalign.objectives import OBJECTIVES, build_objective
 
 
-def tiny_model(**vision):
+def tiny_model(head="projection", **vision):
     cfg = ModelConfig()
-    cfg.vision.size, cfg.text.size, cfg.embed_dim = "vit-micro", "text-micro", 16
+    cfg.vision.size, cfg.text.size, cfg.embed_dim, cfg.head = "vit-micro", "text-micro", 16, head
+    cfg.fdt.num_codes, cfg.fdt.code_dim = 64, 16
     for k, v in vision.items():
         setattr(cfg.vision, k, v)
     return build_model(cfg, image_size=16, vocab_size=50, context_length=8)
@@ -49,13 +50,25 @@ def test_size_table_rows_build():
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_trains_every_parameter(name):
-    model = tiny_model()
+    model = tiny_model(head="fdt" if name == "fdt" else "projection")
     objective = build_objective(ObjectiveConfig(name=name))
     images, ids, mask = batch()
     loss, metrics = objective(model(images, ids, mask), {})
     loss.backward()
     assert torch.isfinite(loss) and metrics
     for pname, p in model.named_parameters():
-        if name == "clip" and pname == "logit_bias":
+        if name != "siglip" and pname == "logit_bias":
             continue  # only the sigmoid loss uses the bias
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_fdt_head_embeds_in_the_codebook_span_and_ignores_padding():
+    model = tiny_model(head="fdt").eval()
+    images, ids, mask = batch()
+    out = model(images, ids, mask)
+    weights = out.extras["image_fdt_weights"]  # [B, K] sparsemax weights
+    assert torch.allclose(weights.sum(-1), torch.ones(4)) and (weights >= 0).all()
+    codes = model.image_head.grounding.codebook.codes
+    assert torch.allclose(out.image_embeds, torch.nn.functional.normalize(weights @ codes, dim=-1), atol=1e-6)
+    assert model.image_head.grounding.codebook is model.text_head.grounding.codebook  # one shared codebook
+    assert torch.allclose(model.encode_text(ids[:, :6], mask[:, :6]), model.encode_text(ids, mask), atol=1e-6)

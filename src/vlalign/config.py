@@ -51,9 +51,23 @@ class TextConfig:
 
 
 @dataclass(kw_only=True)
+class FDTConfig:
+    """Finite Discrete Tokens head (METHODS.md §2), used when ``model.head`` is "fdt"."""
+
+    num_codes: int = 1024  # K; the paper uses 16384 at ViT-B scale
+    code_dim: int = 128  # the FDT feature width (replaces model.embed_dim)
+    pool: str = "max"  # over tokens: "max" (paper) | "mean" | "sum"
+    activation: str = "sparsemax"  # "sparsemax" (paper) | "softmax"
+    temperature: float = 0.0  # grounding-score temperature; 0 = num_codes / 32 (see models/fdt.py)
+    pad_mode: str = "neg_inf"  # "neg_inf": padded text tokens are inert | "zero": the reference's multiplicative mask
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    head: str = "projection"  # "projection" (CLIP: linear map of the pooled feature) | "fdt"
+    fdt: FDTConfig = field(default_factory=FDTConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
 
@@ -114,7 +128,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vision.patch_embed": ("standard", "channel"),
     "model.vision.pool": ("cls", "mean"),
     "model.text.pool": ("eot", "mean"),
-    "objective.name": ("clip", "siglip"),
+    "model.head": ("projection", "fdt"),
+    "model.fdt.pool": ("max", "mean", "sum"),
+    "model.fdt.activation": ("sparsemax", "softmax"),
+    "model.fdt.pad_mode": ("neg_inf", "zero"),
+    "objective.name": ("clip", "siglip", "fdt"),
     "train.nonfinite_policy": ("error", "skip"),
 }
 

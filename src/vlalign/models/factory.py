@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
-from vlalign.models.dual_encoder import DualEncoder, PooledProjection
+from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection
+from vlalign.models.fdt import FDTCodebook, FDTGrounding
 from vlalign.models.registry import text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
@@ -30,8 +31,19 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTr
                            cfg.text.pool)
 
 
+def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[nn.Module, nn.Module]:
+    """(image head, text head): CLIP projections, or FDT groundings sharing one codebook."""
+    if cfg.head == "fdt":
+        f = cfg.fdt
+        codebook = FDTCodebook(f.num_codes, f.code_dim)
+        options = dict(pool=f.pool, activation=f.activation, temperature=f.temperature or None, pad_mode=f.pad_mode)
+        return (FDTHead(FDTGrounding(vision_width, codebook, **options)),
+                FDTHead(FDTGrounding(text_width, codebook, **options)))
+    return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
+
+
 def build_model(cfg: ModelConfig, image_size: int, vocab_size: int, context_length: int) -> DualEncoder:
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
-    return DualEncoder(vision, text, PooledProjection(vision.width, cfg.embed_dim),
-                       PooledProjection(text.width, cfg.embed_dim), cfg.init_temperature)
+    image_head, text_head = build_heads(cfg, vision.width, text.width)
+    return DualEncoder(vision, text, image_head, text_head, cfg.init_temperature)

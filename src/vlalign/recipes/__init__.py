@@ -53,6 +53,15 @@ def shapes_siglip() -> RunConfig:
 
 
 @recipe
+def shapes_fdt() -> RunConfig:
+    """The default recipe with an FDT head: both towers grounded in a shared 1024-code codebook (sparsemax)."""
+    cfg = shapes_clip()
+    cfg.model.head = "fdt"
+    cfg.objective.name = "fdt"
+    return cfg
+
+
+@recipe
 def tiny() -> RunConfig:
     """Smoke test: micro towers, 20 steps on 512 shapes; seconds on a CPU."""
     cfg = RunConfig()
