@@ -72,3 +72,22 @@ def test_fdt_head_embeds_in_the_codebook_span_and_ignores_padding():
     assert torch.allclose(out.image_embeds, torch.nn.functional.normalize(weights @ codes, dim=-1), atol=1e-6)
     assert model.image_head.grounding.codebook is model.text_head.grounding.codebook  # one shared codebook
     assert torch.allclose(model.encode_text(ids[:, :6], mask[:, :6]), model.encode_text(ids, mask), atol=1e-6)
+
+
+def test_fdt_codes_task_on_a_tiny_fdt_run(tmp_path):
+    from vlalign.api import load
+    from vlalign.config import apply_overrides
+    from vlalign.eval.tasks import run_tasks
+    from vlalign.recipes import get_recipe
+    from vlalign.train import run_training
+
+    cfg = apply_overrides(get_recipe("tiny"), ["model.head=fdt", "objective.name=fdt", "model.fdt.num_codes=64",
+                                                "model.fdt.code_dim=16", "train.steps=3", "eval.retrieval_n=32"])
+    run_training(cfg, tmp_path, progress=False)
+    out = run_tasks(load(tmp_path), ["fdt-codes"])
+    (result,) = out.results
+    assert 1 <= result["active_codes_image"] <= 64 and 0 <= result["overlap"] <= 1
+    assert len(result["codes"]) == 8 and all(isinstance(c["top_words"], list) for c in result["codes"])
+    assert out.figures["FDT codes"].startswith(b"\x89PNG")
+    records = [__import__("json").loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "fdt/active_codes_text" in records[-1]

@@ -122,13 +122,17 @@ class FDTGrounding(nn.Module):
             # Zero padded tokens before the query net too: their scores are discarded either way, and a
             # non-finite pad value would otherwise turn the codebook's gradient into NaN (0 * inf).
             tokens = tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
-        queries = self.query(tokens)  # [B, T, D_code]
-        scale = 1.0 / (math.sqrt(codes.shape[1]) * self.temperature)
-        token_scores = queries @ codes.t() * scale  # [B, T, K]
+        token_scores = self.token_scores(tokens)  # [B, T, K]
         scores = self._pool(token_scores, mask)  # [B, K]
         weights = sparsemax(scores, dim=-1) if self.activation == "sparsemax" else scores.softmax(dim=-1)  # [B, K]
         embedding = F.normalize(weights @ codes, dim=-1)  # [B, D_code]
         return FDTOutput(embedding=embedding, weights=weights, scores=scores)
+
+    def token_scores(self, tokens: Tensor) -> Tensor:
+        """Grounding score of every token for every code, before pooling: [B, T, token_dim] -> [B, T, K]."""
+        codes = self.codebook.codes  # [K, D_code]
+        queries = self.query(tokens)  # [B, T, D_code]
+        return queries @ codes.t() / (math.sqrt(codes.shape[1]) * self.temperature)
 
     def _pool(self, token_scores: Tensor, mask: Tensor | None) -> Tensor:
         """Pool [B, T, K] token scores over T into [B, K], honouring pad_mode."""
