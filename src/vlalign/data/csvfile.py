@@ -40,7 +40,7 @@ class CsvSource(PairSource):
         super().__init__(name, classes, channels, layout)
         self.path, self.root = path, path.parent
         self.images = [row[image_column] or "" for row in rows]
-        self.captions = [row[caption_column] for row in rows]
+        self.caption_texts = [row[caption_column] for row in rows]
         number = {c: i for i, c in enumerate(classes or [])}
         self.labels = [number.get(label) for label in labels] if labels else None  # None: an empty label cell
         self.probe()
@@ -48,12 +48,18 @@ class CsvSource(PairSource):
     def __len__(self) -> int:
         return len(self.images)
 
+    def data_files(self) -> list[str]:
+        return [str(self.path)]
+
+    def captions(self) -> list[str]:
+        return [c for c in self.caption_texts if c and c.strip()]
+
     def read(self, index: int) -> RawPair:
         # Row 1 is the header, so data row i is line i + 2 in an editor.
         key = f"{self.path}#{index + 2}"
         image_path = self.root / self.images[index]
         label = self.labels[index] if self.labels else None
-        return RawPair(key, read_file(image_path, key), self.captions[index], label,
+        return RawPair(key, read_file(image_path, key), self.caption_texts[index], label,
                        sidecar_channel_names(image_path, key), {"image": str(image_path)})
 
 

@@ -47,15 +47,23 @@ class FolderSource(PairSource):
     def __len__(self) -> int:
         return len(self.files)
 
+    def data_files(self) -> list[str]:
+        return [str(p) for p in self.files]
+
+    def captions(self) -> list[str]:
+        return [c for c in map(self._caption, range(len(self))) if c]
+
     def read(self, index: int) -> RawPair:
-        path, label = self.files[index], self.labels[index]
+        path = self.files[index]
         key = str(path)
-        caption_file = path.with_suffix(".txt")
+        return RawPair(key, read_file(path, key), self._caption(index), self.labels[index],
+                       sidecar_channel_names(path, key))
+
+    def _caption(self, index: int) -> str:
+        caption_file = self.files[index].with_suffix(".txt")
         if caption_file.is_file():
-            caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()
-        else:
-            caption = self.templates[index % len(self.templates)].format(c=self.classes[label])
-        return RawPair(key, read_file(path, key), caption, label, sidecar_channel_names(path, key))
+            return caption_file.read_text(encoding="utf-8", errors="replace").strip()
+        return self.templates[index % len(self.templates)].format(c=self.classes[self.labels[index]])
 
 
 def open_folder(argument: str) -> FolderSource:

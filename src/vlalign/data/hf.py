@@ -69,6 +69,16 @@ class HuggingFaceSource(PairSource):
         return RawPair(key, _pixels(cell, key), None if caption is None else str(caption),
                        None if label is None or label < 0 else int(label))
 
+    def data_files(self) -> list[str]:
+        return [str(f) for f in self.files]
+
+    def captions(self) -> list[str]:
+        texts = []
+        for i in range(len(self.files)):
+            table = self._arrow(i) if self.kind == "arrow" else self._parquet(i).read(columns=[self.caption_column])
+            texts += table.column(self.caption_column).to_pylist()
+        return [str(t) for t in texts if t is not None and str(t).strip()]
+
     # Arrow/Parquet handles are opened lazily in each process: forked DataLoader workers must not share them.
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pid": None, "_open": {}}

@@ -59,6 +59,22 @@ class PairSource:
     def read(self, index: int) -> RawPair:
         raise NotImplementedError
 
+    def data_files(self) -> list[str]:
+        """The files that hold the data, to notice when they change (see ``vlalign.data.cache``)."""
+        raise NotImplementedError
+
+    def captions(self) -> list[str]:
+        """Every readable caption, without decoding images (for fitting the tokenizer)."""
+        out = []
+        for index in range(len(self)):
+            try:
+                caption = self.read(index).caption
+            except CorruptSample:
+                continue
+            if caption and caption.strip():
+                out.append(caption)
+        return out
+
     def __getitem__(self, index: int) -> Sample:
         index = operator.index(index)
         if not 0 <= index < len(self):
@@ -77,11 +93,11 @@ class PairSource:
             raise CorruptSample("missing-caption", raw.key)
         if not raw.caption.strip():
             raise CorruptSample("empty-caption", raw.key)
+        hint = raw.channel_names or self.channel_names  # the channel count steers the array layout rule
         if isinstance(raw.image, np.ndarray):
-            n_named = len(raw.channel_names) if raw.channel_names else None
-            image, names = from_array(raw.image, raw.key, self.layout, n_named), None
+            image, names = from_array(raw.image, raw.key, self.layout, len(hint) if hint else None), None
         else:
-            decoded = decode(raw.image, raw.key, self.layout, raw.channel_names)
+            decoded = decode(raw.image, raw.key, self.layout, hint)
             image, names = decoded.image, decoded.channel_names
         names = raw.channel_names or names
         if names is not None and len(names) != image.shape[0]:

@@ -163,6 +163,9 @@ class WebDatasetSource(PairSource):
         return RawPair(key, image, caption if caption is None else str(caption), _label(members, meta, key),
                        tuple(names) if names else None, meta)
 
+    def data_files(self) -> list[str]:
+        return list(self.shards)
+
     def _read_members(self, entry: Entry) -> dict[str, bytes]:
         """One read spanning the sample's members (a sample's members are adjacent in a tar)."""
         start = min(offset for _, offset, _ in entry.members)
