@@ -139,7 +139,7 @@ def cmd_data(args) -> int:
         report = convert(build_source(args.source), args.to, args.shard_size, progress=True)
         skipped = ", ".join(f"{r} {c}" for r, c in report.skipped.most_common()) or "none"
         print(f"wrote {report.written} samples in {len(report.shards)} shards; skipped: {skipped}")
-        print(f"read them with --data wds:{report.index}")
+        print(f"their data spec: wds:{report.index}  (e.g. --set data.train=wds:{report.index})")
         return 0
     if args.data_command == "inspect":
         from vlalign.data.inspect import format_report, inspect_source

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import shutil
 from pathlib import Path
@@ -52,7 +53,18 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self.keys)
 
+    # Workers started by spawn (macOS, Windows) reopen the memory map instead of receiving a pickled copy.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "images": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
+
     def __getitem__(self, index: int) -> Sample:
+        index = operator.index(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range 0..{len(self) - 1}")
         if index in self.problems:
             raise CorruptSample(*self.problems[index])
         return Sample(key=self.keys[index], image=np.array(self.images[index]), caption=self.captions_[index],
@@ -117,7 +129,8 @@ def build(source: Source, folder: Path, image_size: int, num_workers: int = 0) -
                 keys[index] = info[1]
                 continue
             if pixels.shape[0] != channels:
-                problems[index] = ("channel-mismatch", info[0], f"{pixels.shape[0]} channels, the source has {channels}")
+                detail = f"{pixels.shape[0]} channels, the source has {channels}"
+                problems[index] = ("channel-mismatch", info[0], detail)
                 keys[index] = info[0]
                 continue
             images[index] = pixels

@@ -32,8 +32,9 @@ MAX_CHANNELS = 1024
 LAYOUTS = ("auto", "chw", "hwc")
 
 RGB = ("red", "green", "blue")
-_MODE_CHANNELS = {"L": ("grey",), "LA": ("grey", "alpha"), "RGB": RGB, "RGBA": RGB + ("alpha",),
-                  "I;16": ("grey",), "I;16L": ("grey",), "I;16B": ("grey",), "I;16N": ("grey",), "I": ("grey",), "F": ("grey",)}
+_GREY_MODES = ("L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 8-, 16-, 32-bit integer and float grey
+_MODE_CHANNELS = {**dict.fromkeys(_GREY_MODES, ("grey",)), "LA": ("grey", "alpha"), "RGB": RGB,
+                  "RGBA": RGB + ("alpha",)}
 # Modes whose channels are an encoding of colour, converted to the plain equivalent.
 _CONVERT_MODE = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB",
                  "La": "LA", "RGBa": "RGBA", "PA": "RGBA"}
@@ -73,7 +74,7 @@ def decode(data: bytes, source_key: str, layout: str = "auto", channel_names: tu
         return _read_picture(data, source_key)
     except CorruptSample:
         raise
-    except Exception as err:  # a malformed file can make any decoder fail in any way
+    except Exception as err:  # noqa: BLE001 -- a malformed file can make any decoder fail in any way
         raise CorruptSample(_reason_of(err), source_key, f"{type(err).__name__}: {err}") from None
 
 
@@ -159,7 +160,7 @@ def _read_tiff(data: bytes, key: str) -> Decoded:
             array = series.asarray()
     except CorruptSample:
         raise
-    except Exception as tiff_error:
+    except Exception as tiff_error:  # noqa: BLE001 -- as above; Pillow gets its chance next
         try:
             return _read_picture(data, key)
         except CorruptSample as pillow_error:

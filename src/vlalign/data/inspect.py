@@ -92,7 +92,8 @@ def format_report(report: InspectReport) -> str:
     part = f" (an evenly spaced {report.inspected})" if report.inspected < report.samples else ""
     lines = [
         ("source", report.name),
-        ("samples", f"{report.samples}{part}: {report.readable} readable, {report.inspected - report.readable} skipped"),
+        ("samples", f"{report.samples}{part}: {report.readable} readable, "
+                    f"{report.inspected - report.readable} skipped"),
         ("skipped", counts(report.skipped)),
         ("worst", ", ".join(f"{s} ({c})" for s, c in report.worst_sources) or "none"),
         ("channels", f"{len(report.channel_names)}: {' '.join(report.channel_names)}  dtype {counts(report.dtypes)}"),

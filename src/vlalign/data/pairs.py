@@ -11,6 +11,9 @@ first readable sample. A sample is conformed to it like this:
 - a grey picture in an RGB source: the grey plane repeated (a greyscale JPEG among colour ones);
 - a superset of the source's names: those channels picked by name (RGBA -> RGB; 13 bands -> 3);
 - anything else: ``CorruptSample("channel-mismatch")``.
+
+Likewise every sample must have the dtype of the first readable one (a 16-bit PNG among 8-bit
+ones is a ``dtype-mismatch`` skip, not silently rescaled).
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class PairSource:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range 0..{len(self) - 1}")
         raw, image, names = self._decode(index)
+        if image.dtype != self.dtype:
+            raise CorruptSample("dtype-mismatch", raw.key, f"{image.dtype} pixels; the source's are {self.dtype}")
         image, names = conform_channels(image, names, self.channel_names, raw.key)
         return Sample(key=raw.key, image=image, caption=raw.caption, label=raw.label, channel_names=names,
                       meta=raw.meta)

@@ -41,7 +41,7 @@ class CorruptSample(Exception):
 
 
 def container_of(source: str) -> str:
-    """The shard or file a sample key belongs to: ``d/003.tar/k`` -> ``d/003.tar``, ``pairs.csv#17`` -> ``pairs.csv``."""
+    """The shard or file of a sample key: ``d/003.tar/k`` -> ``d/003.tar``; ``pairs.csv#17`` -> ``pairs.csv``."""
     if ".tar/" in source:
         return source[: source.index(".tar/") + len(".tar")]
     return source.split("#")[0]

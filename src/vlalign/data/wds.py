@@ -65,41 +65,45 @@ class ShardIndex:
 def index_tar(path: str, shard: int) -> ShardIndex:
     """Group the readable members of one uncompressed tar by key; note a truncated or garbled end."""
     size = os.path.getsize(path)
-    groups: dict[str, list[tuple[str, int, int]]] = {}
-    problems: dict[str, str] = {}
-    damage = None
     with open(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r:")
         except tarfile.ReadError as err:
             return ShardIndex([], f"not a readable tar file: {err}")
-        while True:
-            try:
-                info = tar.next()
-            except tarfile.ReadError as err:
-                damage = f"unreadable after byte {tar.offset}: {err}"
-                break
-            if info is None:
-                break
-            match = _KEY_EXT.match(info.name)
-            if not info.isfile() or match is None or _is_meta(info.name):
-                continue
-            key, ext = match.group(1), match.group(2).lower()
-            members = groups.setdefault(key, [])
-            if info.offset_data + info.size > size:
-                problems[key] = "truncated-shard"
-                damage = f"member {info.name} ends at byte {info.offset_data + info.size}, the file at {size}"
-                break
-            if any(e == ext for e, _, _ in members):
-                problems[key] = "duplicate-member"
-            members.append((ext, info.offset_data, info.size))
-        end = tar.offset
+        with tar:
+            groups, problems, damage = _scan_members(tar, size)
+            end = tar.offset  # just past the last member read
     if damage is None and size - end < _END_OF_ARCHIVE:
         damage = f"no end-of-archive marker after byte {end}: the file was cut short"
     elif damage is None and _has_data(path, end, size):
         damage = f"unreadable bytes after byte {end}"
     entries = [Entry(shard, key, tuple(members), problems.get(key)) for key, members in groups.items()]
     return ShardIndex(entries, damage)
+
+
+def _scan_members(tar: tarfile.TarFile, size: int) -> tuple[dict, dict, str | None]:
+    """key -> [(extension, offset, size)], key -> problem, and the damage that stopped the scan (or None)."""
+    groups: dict[str, list[tuple[str, int, int]]] = {}
+    problems: dict[str, str] = {}
+    while True:
+        try:
+            info = tar.next()
+        except tarfile.ReadError as err:
+            return groups, problems, f"unreadable after byte {tar.offset}: {err}"
+        if info is None:
+            return groups, problems, None
+        match = _KEY_EXT.match(info.name)
+        if not info.isfile() or match is None or _is_meta(info.name):
+            continue
+        key, ext = match.group(1), match.group(2).lower()
+        members = groups.setdefault(key, [])
+        if info.offset_data + info.size > size:
+            problems[key] = "truncated-shard"
+            end = info.offset_data + info.size
+            return groups, problems, f"member {info.name} ends at byte {end}, the file at {size}"
+        if any(e == ext for e, _, _ in members):
+            problems[key] = "duplicate-member"
+        members.append((ext, info.offset_data, info.size))
 
 
 def _is_meta(name: str) -> bool:
@@ -149,31 +153,41 @@ class WebDatasetSource(PairSource):
         if entry.problem:
             raise CorruptSample(entry.problem, key, self.damaged.get(self.shards[entry.shard], ""))
         members = self._read_members(entry)
-        meta = {}
-        if "json" in members:
-            try:
-                meta = json.loads(members["json"])
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise CorruptSample("bad-metadata", key, f"{entry.key}.json: {err}") from None
-            if not isinstance(meta, dict):
-                raise CorruptSample("bad-metadata", key, f"{entry.key}.json is not a JSON object")
+        meta = _metadata(members, key)
         image = next((members[e] for e in self.image_extensions if e in members), None)
-        caption = members["txt"].decode("utf-8", errors="replace") if "txt" in members else meta.pop("caption", None)
+        caption = _caption(members, meta)
         names = meta.pop("channel_names", None)
-        return RawPair(key, image, caption if caption is None else str(caption), _label(members, meta, key),
-                       tuple(names) if names else None, meta)
+        return RawPair(key, image, caption, _label(members, meta, key), tuple(names) if names else None, meta)
+
+    def captions(self) -> list[str]:
+        """Reads only the caption members (``txt``, ``json``), not the pixels."""
+        out = []
+        for entry in self.entries:
+            if entry.problem:
+                continue
+            members = self._read_members(entry, ("txt", "json"))
+            try:
+                caption = _caption(members, _metadata(members, entry.key))
+            except CorruptSample:
+                continue
+            if caption and caption.strip():
+                out.append(caption)
+        return out
 
     def data_files(self) -> list[str]:
         return list(self.shards)
 
-    def _read_members(self, entry: Entry) -> dict[str, bytes]:
-        """One read spanning the sample's members (a sample's members are adjacent in a tar)."""
-        start = min(offset for _, offset, _ in entry.members)
-        stop = max(offset + size for _, offset, size in entry.members)
+    def _read_members(self, entry: Entry, only: tuple[str, ...] | None = None) -> dict[str, bytes]:
+        """One read spanning the sample's members (``only`` these extensions); a sample's members are adjacent."""
+        wanted = [m for m in entry.members if only is None or m[0] in only]
+        if not wanted:
+            return {}
+        start = min(offset for _, offset, _ in wanted)
+        stop = max(offset + size for _, offset, size in wanted)
         with open(self.shards[entry.shard], "rb") as f:
             f.seek(start)
             span = f.read(stop - start)
-        return {ext: span[offset - start: offset - start + size] for ext, offset, size in entry.members}
+        return {ext: span[offset - start: offset - start + size] for ext, offset, size in wanted}
 
     @functools.cached_property
     def normalization(self) -> tuple[list[float], list[float]] | None:
@@ -181,6 +195,25 @@ class WebDatasetSource(PairSource):
         if self._stats and self.dtype != "uint8":
             return self._stats["mean"], [s if s > 0 else 1.0 for s in self._stats["std"]]
         return super().normalization
+
+
+def _metadata(members: dict[str, bytes], key: str) -> dict:
+    if "json" not in members:
+        return {}
+    try:
+        meta = json.loads(members["json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptSample("bad-metadata", key, f"json member: {err}") from None
+    if not isinstance(meta, dict):
+        raise CorruptSample("bad-metadata", key, "the json member is not a JSON object")
+    return meta
+
+
+def _caption(members: dict[str, bytes], meta: dict) -> str | None:
+    if "txt" in members:
+        return members["txt"].decode("utf-8", errors="replace")
+    caption = meta.pop("caption", None)
+    return None if caption is None else str(caption)
 
 
 def _label(members: dict[str, bytes], meta: dict, key: str) -> int | None:
@@ -244,7 +277,8 @@ def _read_wids_index(path: str, spec: str) -> tuple[list[str], list[int | None],
         raise DataError(f"Data spec '{spec}': the shard index {path} does not exist.") from None
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"Data spec '{spec}': cannot read the shard index {path}: {err}") from None
-    if not isinstance(index, dict) or index.get("__kind__") != WIDS_KIND or not isinstance(index.get("shardlist"), list):
+    if not isinstance(index, dict) or index.get("__kind__") != WIDS_KIND or \
+            not isinstance(index.get("shardlist"), list):
         raise DataError(f"Data spec '{spec}': {path} is not a wids shard index ({{'__kind__': '{WIDS_KIND}', "
                         "'shardlist': [...]}).")
     base = Path(path).parent
