@@ -34,7 +34,7 @@ from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
 
 HERE = Path(__file__).parent
-WORDS = "a small large red green blue dog cat boat tree house on the beside near under".split()
+WORDS = ["a", "small", "large", "red", "green", "blue", "dog", "cat", "boat", "tree", "house", "on", "near", "under"]
 
 
 def photo_like(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -127,8 +127,8 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     (results / "data_throughput.json").write_text(json.dumps({
         "settings": vars(args), "cache_build_s": round(cache_build_s, 2), "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
-                    "torch": torch.__version__}}, indent=1) + "\n")
+        "machine": {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+                    "python": platform.python_version(), "torch": torch.__version__}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

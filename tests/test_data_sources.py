@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 
@@ -258,7 +259,7 @@ def test_csv_tsv_and_folder_sources(tmp_path):
     assert "a zebra with its own caption" in build_source(f"folder:{tmp_path / 'pics'}").captions()
 
 
-def test_spec_errors_name_the_problem(tmp_path):
+def test_spec_errors_name_the_problem(tmp_path, monkeypatch):
     _write_csv(tmp_path / "bad.csv", [("x.png", "y")], ("path", "text"))
     with pytest.raises(DataError, match="no column 'image'.*columns: \\['path', 'text'\\]"):
         build_source(f"csv:{tmp_path / 'bad.csv'}")
@@ -274,6 +275,9 @@ def test_spec_errors_name_the_problem(tmp_path):
     _write_csv(tmp_path / "broken.csv", [("missing.png", "gone")])
     with pytest.raises(DataError, match="none of its first 1 samples can be read: missing-image"):
         build_source(f"csv:{tmp_path / 'broken.csv'}")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the optional extra were not installed
+    with pytest.raises(DataError, match="needs the pyarrow package: `pip install pyarrow`"):
+        build_source(f"hf:{tmp_path}")
 
 
 def test_wds_groups_members_by_key_like_webdataset(tmp_path):

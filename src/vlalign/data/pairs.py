@@ -18,6 +18,7 @@ ones is a ``dtype-mismatch`` skip, not silently rescaled).
 
 from __future__ import annotations
 
+import abc
 import functools
 import logging
 import operator
@@ -47,8 +48,8 @@ class RawPair:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class PairSource:
-    """Base class: ``name``, ``classes``, ``channel_names``, ``__len__``; subclasses implement ``read``."""
+class PairSource(abc.ABC):
+    """Base class: ``name``, ``classes``, ``channel_names``; subclasses index their files and call ``probe``."""
 
     def __init__(self, name: str, classes: list[str] | None, channels: tuple[str, ...] | None = None,
                  layout: str = "auto"):
@@ -56,15 +57,16 @@ class PairSource:
         self.channel_names = channels
         self.dtype: np.dtype | None = None
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
+    @abc.abstractmethod
     def read(self, index: int) -> RawPair:
-        raise NotImplementedError
+        """Record ``index`` as stored; raises ``CorruptSample`` when it cannot even be read."""
 
+    @abc.abstractmethod
     def data_files(self) -> list[str]:
         """The files that hold the data, to notice when they change (see ``vlalign.data.cache``)."""
-        raise NotImplementedError
 
     def captions(self) -> list[str]:
         """Every readable caption, without decoding images (for fitting the tokenizer)."""

@@ -46,7 +46,7 @@ _END_OF_ARCHIVE = 1024  # two zero blocks close a tar
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One sample of a shard: its members' (extension, data offset, size), or why it is unusable."""
 
