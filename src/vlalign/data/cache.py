@@ -40,13 +40,13 @@ class DecodedCache:
         if getattr(source, "dtype", np.uint8) != np.uint8:
             raise DataError(f"The decoded cache holds 8-bit images; {source.name} has {source.dtype} pixels. "
                             "Leave data.cache_dir empty for this source.")
-        self.source, self.image_size = source, image_size
+        self.image_size = image_size
         self.name, self.classes, self.channel_names = source.name, source.classes, source.channel_names
         self.folder = Path(cache_dir) / fingerprint(source, image_size)
         if not (self.folder / "meta.json").is_file():
             build(source, self.folder, image_size, num_workers)
         meta = json.loads((self.folder / "meta.json").read_text())
-        self.keys, self.captions_, self.labels = meta["keys"], meta["captions"], meta["labels"]
+        self.keys, self.caption_texts, self.labels = meta["keys"], meta["captions"], meta["labels"]
         self.problems = {int(i): tuple(p) for i, p in meta["problems"].items()}  # index -> (reason, key, detail)
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")  # [N, C, S, S] uint8
 
@@ -67,11 +67,11 @@ class DecodedCache:
             raise IndexError(f"{self.name}: index {index} out of range 0..{len(self) - 1}")
         if index in self.problems:
             raise CorruptSample(*self.problems[index])
-        return Sample(key=self.keys[index], image=np.array(self.images[index]), caption=self.captions_[index],
+        return Sample(key=self.keys[index], image=np.array(self.images[index]), caption=self.caption_texts[index],
                       label=self.labels[index], channel_names=self.channel_names)
 
     def captions(self) -> list[str]:
-        return [c for i, c in enumerate(self.captions_) if i not in self.problems]
+        return [c for i, c in enumerate(self.caption_texts) if i not in self.problems]
 
 
 def fingerprint(source: Source, image_size: int) -> str:

@@ -40,13 +40,15 @@ class HuggingFaceSource(PairSource):
         columns = schema.names
         self.image_column = image or _image_column(schema, features)
         self.caption_column = caption or next((c for c in CAPTION_COLUMNS if c in columns), None)
-        self.label_column = label or ("label" if "label" in columns else None)
+        self.label_column = label or ("label" if "label" in columns and _is_integer(schema, "label") else None)
         for role, column in (("image", self.image_column), ("caption", self.caption_column)):
             if column is None or column not in columns:
                 raise DataError(f"Data spec '{name}': no {role} column{f' {column!r}' if column else ''} among "
                                 f"{columns}. Name it with {role}=COLUMN.")
-        if self.label_column is not None and self.label_column not in columns:
-            raise DataError(f"Data spec '{name}': no label column {self.label_column!r} among {columns}.")
+        label_ok = self.label_column in columns and _is_integer(schema, self.label_column)
+        if self.label_column is not None and not label_ok:
+            raise DataError(f"Data spec '{name}': the label column must be an integer (ClassLabel) column of "
+                            f"{columns}, got {self.label_column!r}.")
         label_feature = features.get(self.label_column or "", {})
         classes = list(label_feature["names"]) if label_feature.get("_type") == "ClassLabel" else None
         super().__init__(name, classes, channels, layout)
@@ -136,6 +138,12 @@ class HuggingFaceSource(PairSource):
             columns = [c for c in (self.image_column, self.caption_column, self.label_column) if c]
             cache[part] = self._parquet(file).read_row_group(group, columns=columns)
         return cache[part]
+
+
+def _is_integer(schema, column: str) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(schema.field(column).type)
 
 
 def _image_column(schema, features: dict) -> str | None:

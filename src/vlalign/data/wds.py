@@ -137,10 +137,11 @@ class WebDatasetSource(PairSource):
                 log.warning("%s holds %d samples, its index says %d: the index is stale", path,
                             len(index.entries), nsamples)
             self.entries += [Entry(shard, f"lost-tail-{j}", (), "truncated-shard") for j in range(max(lost, 0))]
-            if index.damage:
+            if index.damage or lost > 0:
+                what = index.damage or f"{len(index.entries)} samples where its index says {nsamples}"
                 count = f"{lost} samples after it are lost" if nsamples is not None else \
                     "samples after it are lost (how many is unknown without a shard index)"
-                self.damaged[path] = f"{index.damage}; {count}"
+                self.damaged[path] = f"{what}; {count}"
                 log.warning("damaged shard %s: %s", path, self.damaged[path])
         self.probe()
 
