@@ -20,6 +20,8 @@ EPILOG = """examples:
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
   vlalign recipes
+  vlalign data convert csv:pairs.csv --to shards/    # then --set data.train=wds:shards/shards.json
+  vlalign data inspect wds:shards/{000000..000009}.tar
 """
 
 
@@ -61,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--n", type=int, default=1000)
     shapes.add_argument("--seed", type=int, default=0)
     data_sub.add_parser("sources", help="list the data sources and their spec syntax")
+    convert = data_sub.add_parser("convert", help="write any data source as WebDataset shards plus shards.json")
+    convert.add_argument("source", metavar="SRC", help="a data spec, e.g. csv:pairs.csv or folder:photos")
+    convert.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the shards")
+    convert.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    inspect = data_sub.add_parser("inspect", help="counts, image sizes, channel statistics, caption lengths, skips")
+    inspect.add_argument("spec", metavar="SPEC", help="a data spec, e.g. wds:shards/shards.json")
+    inspect.add_argument("--limit", type=int, metavar="N", help="read only N evenly spaced samples")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -122,7 +132,24 @@ def cmd_data(args) -> int:
         for name in sorted(HELP):
             print(f"{name:<14} {HELP[name]}")
         return 0
-    raise VlalignError("`vlalign data` needs an action: make-shapes or sources (see `vlalign data --help`).")
+    if args.data_command == "convert":
+        from vlalign.data.convert import convert
+        from vlalign.data.specs import build_source
+
+        report = convert(build_source(args.source), args.to, args.shard_size, progress=True)
+        skipped = ", ".join(f"{r} {c}" for r, c in report.skipped.most_common()) or "none"
+        print(f"wrote {report.written} samples in {len(report.shards)} shards; skipped: {skipped}")
+        print(f"their data spec: wds:{report.index}  (e.g. --set data.train=wds:{report.index})")
+        return 0
+    if args.data_command == "inspect":
+        from vlalign.data.inspect import format_report, inspect_source
+        from vlalign.data.specs import build_source
+
+        report = inspect_source(build_source(args.spec), args.limit, progress=not args.json)
+        print(json.dumps(report.as_dict(), indent=1) if args.json else format_report(report))
+        return 0
+    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert or inspect "
+                       "(see `vlalign data --help`).")
 
 
 def print_summary(results: list[dict], stream=sys.stdout) -> None:

@@ -31,6 +31,7 @@ class DataConfig:
     context_length: int = 32  # text tokens, including BOS/EOS
     fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
+    cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
     order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vlalign.config import RunConfig
+from vlalign.data.cache import DecodedCache
 from vlalign.data.loader import Loader
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
@@ -91,7 +92,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
 
 
 def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 1) -> Components:
-    source = subset(build_source(cfg.data.train), cfg.data.fraction, cfg.train.seed)
+    source = build_source(cfg.data.train)
+    if cfg.data.cache_dir:
+        source = DecodedCache(source, cfg.data.cache_dir, cfg.data.image_size, cfg.data.num_workers)
+    source = subset(source, cfg.data.fraction, cfg.train.seed)
     tokenizer = build_tokenizer(cfg, source, run_dir)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
