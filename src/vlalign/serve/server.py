@@ -23,6 +23,7 @@ from vlalign.errors import VlalignError
 from vlalign.serve.service import MAX_UPLOAD_BYTES, RequestError, SearchService
 
 log = logging.getLogger(__name__)
+DRAIN_LIMIT = 4 * MAX_UPLOAD_BYTES  # larger refused bodies are cut off with the connection
 
 
 def make_handler(service: SearchService) -> type[BaseHTTPRequestHandler]:
@@ -60,7 +61,7 @@ def make_handler(service: SearchService) -> type[BaseHTTPRequestHandler]:
                     raise RequestError(404, f"No such endpoint: POST {url.path}. Use POST /classify.")
                 length = _int(self.headers.get("Content-Length", ""), "Content-Length")
                 if length > MAX_UPLOAD_BYTES:
-                    self.close_connection = True  # the unread body must not be parsed as the next request
+                    self._discard_body(length)
                     raise RequestError(413, f"The upload is {length} bytes; the limit is {MAX_UPLOAD_BYTES}.")
                 data = self.rfile.read(length)
                 labels = [label for value in parse_qs(url.query).get("labels", []) for label in value.split(",")]
@@ -69,6 +70,16 @@ def make_handler(service: SearchService) -> type[BaseHTTPRequestHandler]:
                 return self._json(200, {"labels": ranked})
             except RequestError as err:
                 return self._json(err.status, {"error": str(err)})
+
+        def _discard_body(self, length: int) -> None:
+            """Read a refused body (up to a bound) so the client, still sending, gets the 413 not a reset."""
+            self.close_connection = True  # whatever is left unread must never be parsed as a request
+            remaining = min(length, DRAIN_LIMIT)
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
 
         def _json(self, status: int, payload: dict):
             self._send(status, json.dumps(payload).encode(), "application/json")
