@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
+from vlalign.models.adapters import apply_adapter
 from vlalign.models.dual_encoder import DualEncoder, PooledProjection
 from vlalign.models.registry import text_size, vision_size
 from vlalign.models.text import TextTransformer
@@ -33,5 +34,8 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTr
 def build_model(cfg: ModelConfig, image_size: int, vocab_size: int, context_length: int) -> DualEncoder:
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
-    return DualEncoder(vision, text, PooledProjection(vision.width, cfg.embed_dim),
-                       PooledProjection(text.width, cfg.embed_dim), cfg.init_temperature)
+    model = DualEncoder(vision, text, PooledProjection(vision.width, cfg.embed_dim),
+                        PooledProjection(text.width, cfg.embed_dim), cfg.init_temperature)
+    if cfg.text.locked:
+        text.requires_grad_(False)
+    return apply_adapter(model, cfg.adapter)
