@@ -89,3 +89,9 @@ def test_bad_adapter_config_is_a_clear_error():
         _model("model.adapter.kind=lora", "model.adapter.towers=audio")
     with pytest.raises(ConfigError, match="not one of"):
         _model("model.adapter.kind=houlsby")
+
+
+def test_unadapted_tower_stays_trainable():
+    model, _ = _model("model.adapter.kind=lora", "model.adapter.towers=vision")
+    assert all(p.requires_grad for p in model.text.parameters())
+    assert all(p.requires_grad for p in model.image_head.parameters()) and model.logit_scale.requires_grad

@@ -24,9 +24,6 @@ from torch import nn
 
 from vlalign.errors import ConfigError
 
-HEAD_PREFIXES = ("image_head.", "text_head.", "logit_scale", "logit_bias")
-
-
 class BottleneckAdapter(nn.Module):
     """``mlp(x) + up(gelu(down(mlp(x))))``: a residual bottleneck after a block's feed-forward layer."""
 
@@ -74,10 +71,12 @@ def _inject_lora(model: nn.Module, cfg) -> None:
                           "tower(s). vlalign towers have attn.qkv, attn.proj, mlp.fc1, mlp.fc2.")
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
                       bias="none")
-    # inject_adapter_in_model freezes everything but the adapters; heads are unfrozen again below.
+    # inject_adapter_in_model freezes everything but the adapters: restore the flags outside the
+    # adapted towers (heads, an unadapted tower), which apply_adapter does not touch.
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     inject_adapter_in_model(lora, model)
     for name, param in model.named_parameters():
-        if name.startswith(HEAD_PREFIXES):
+        if name in trainable and not name.startswith(tuple(f"{t}." for t in cfg.towers)):
             param.requires_grad = True
 
 

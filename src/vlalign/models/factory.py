@@ -7,6 +7,7 @@ from torch import nn
 from vlalign.config import ModelConfig
 from vlalign.models.adapters import apply_adapter
 from vlalign.models.dual_encoder import DualEncoder, PooledProjection
+from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
 from vlalign.models.registry import text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
@@ -25,7 +26,9 @@ def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool)
 
 
-def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTransformer:
+def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:
+    if is_hf_tower(cfg.text.tower):
+        return HFTextTower(resolve_hf_path(cfg.text.tower), cfg.text.locked)
     size = text_size(cfg.text.size)
     return TextTransformer(vocab_size, context_length, size.width, size.depth, size.heads, size.mlp_ratio,
                            cfg.text.pool)

@@ -19,6 +19,7 @@ from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
+from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
 from vlalign.objectives import Objective, build_objective
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -86,6 +87,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
     """Load the run's tokenizer if it exists (resume), else train one on the training captions and save it."""
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
+        return TextTokenizer.load(path)
+    if is_hf_tower(cfg.model.text.tower):  # a pretrained text tower brings its own tokenizer
+        run_dir.mkdir(parents=True, exist_ok=True)
+        copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
     tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
