@@ -84,10 +84,10 @@ def add_use_commands(sub) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
 
-    export = sub.add_parser("export", help="export a run: hf (config.json + model.safetensors + tokenizer), "
-                            "torchscript or onnx towers")
+    export = sub.add_parser("export", help="export a run: hf (config.json + model.safetensors + tokenizer) "
+                            "or torchscript towers")
     export.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
-    export.add_argument("--format", choices=("hf", "torchscript", "onnx"), default="hf")
+    export.add_argument("--format", choices=("hf", "torchscript"), default="hf")
     export.add_argument("--out", required=True, help="output directory")
 
 
