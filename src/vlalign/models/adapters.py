@@ -24,6 +24,7 @@ from torch import nn
 
 from vlalign.errors import ConfigError
 
+
 class BottleneckAdapter(nn.Module):
     """``mlp(x) + up(gelu(down(mlp(x))))``: a residual bottleneck after a block's feed-forward layer."""
 

@@ -73,7 +73,7 @@ class HFTextTower(nn.Module):
         self.width = self.encoder.config.hidden_size
         self.locked = locked
 
-    def train(self, mode: bool = True) -> "HFTextTower":
+    def train(self, mode: bool = True) -> HFTextTower:
         super().train(mode)
         if self.locked:
             self.encoder.eval()  # a locked tower is a fixed function: no dropout
