@@ -71,7 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("spec", metavar="SPEC", help="a data spec, e.g. wds:shards/shards.json")
     inspect.add_argument("--limit", type=int, metavar="N", help="read only N evenly spaced samples")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_use_commands(sub)
     return parser
+
+
+def add_use_commands(sub) -> None:
+    """``embed``, ``serve`` and ``export``: using a trained run."""
+    embed = sub.add_parser("embed", help="write image and/or text embeddings of a data source (safetensors)",
+                           description="Embed a data source with a trained run. Writes FILE (safetensors) and "
+                           "FILE.json (keys, captions); rerunning after an interruption skips finished chunks.")
+    embed.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    embed.add_argument("--data", required=True, help="data spec, e.g. shapes:n=1000,seed=3")
+    embed.add_argument("--out", required=True, help="output .safetensors file")
+    embed.add_argument("--what", choices=("image", "text", "both"), default="both")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable chunk")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    serve = sub.add_parser("serve", help="serve text-to-image search and zero-shot labels (JSON API + web page)")
+    serve.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    serve.add_argument("--images", required=True, help="data spec of the images to index")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+
+    export = sub.add_parser("export", help="export a run: hf (config.json + model.safetensors + tokenizer) "
+                            "or torchscript towers")
+    export.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    export.add_argument("--format", choices=("hf", "torchscript"), default="hf")
+    export.add_argument("--out", required=True, help="output directory")
 
 
 def cmd_train(args) -> int:
@@ -152,6 +179,41 @@ def cmd_data(args) -> int:
                        "(see `vlalign data --help`).")
 
 
+def cmd_embed(args) -> int:
+    from vlalign.api import load
+    from vlalign.data.specs import build_source
+    from vlalign.embed import embed_source
+
+    path = embed_source(load(args.checkpoint), build_source(args.data), args.out, args.what, args.batch_size,
+                        args.chunk_size, progress=not args.quiet, spec=args.data)
+    print(f"wrote {path} and {path}.json")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from vlalign.api import load
+    from vlalign.data.specs import build_source
+    from vlalign.serve.server import make_server
+    from vlalign.serve.service import SearchService
+
+    service = SearchService(load(args.checkpoint), build_source(args.images), args.images)
+    server = make_server(service, args.host, args.port)
+    print(f"serving {len(service.index)} images on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vlalign.export import export
+
+    out = export(args.checkpoint, args.format, args.out)
+    print(f"exported {args.format} -> {out}")
+    return 0
+
+
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
     from vlalign.eval.report import summary_rows
 
@@ -168,7 +230,8 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data, "embed": cmd_embed,
+            "serve": cmd_serve, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

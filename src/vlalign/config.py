@@ -49,6 +49,18 @@ class TextConfig:
     size: str = "text-tiny"  # a row of vlalign.models.registry.TEXT_SIZES
     vocab_size: int = 1024  # BPE tokenizer trained on the training captions
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
+    tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
+    locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
+
+
+@dataclass(kw_only=True)
+class AdapterConfig:
+    kind: str = "none"  # "none" | "lora" (through peft) | "bottleneck" (see vlalign.models.adapters)
+    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # adapted towers; their base is frozen
+    rank: int = 8  # LoRA rank r, or the bottleneck width
+    alpha: float = 16.0  # LoRA scale alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])  # LoRA: module-name suffixes
 
 
 @dataclass(kw_only=True)
@@ -71,6 +83,7 @@ class ModelConfig:
     fdt: FDTConfig = field(default_factory=FDTConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass(kw_only=True)
@@ -134,6 +147,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt"),
+    "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
 }
 

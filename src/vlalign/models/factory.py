@@ -5,8 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
+from vlalign.models.adapters import apply_adapter
 from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection
 from vlalign.models.fdt import FDTCodebook, FDTGrounding
+from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
 from vlalign.models.registry import text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
@@ -25,7 +27,9 @@ def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool)
 
 
-def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTransformer:
+def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:
+    if is_hf_tower(cfg.text.tower):
+        return HFTextTower(resolve_hf_path(cfg.text.tower), cfg.text.locked)
     size = text_size(cfg.text.size)
     return TextTransformer(vocab_size, context_length, size.width, size.depth, size.heads, size.mlp_ratio,
                            cfg.text.pool)
@@ -46,4 +50,7 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int, context_leng
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
     image_head, text_head = build_heads(cfg, vision.width, text.width)
-    return DualEncoder(vision, text, image_head, text_head, cfg.init_temperature)
+    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature)
+    if cfg.text.locked:
+        text.requires_grad_(False)
+    return apply_adapter(model, cfg.adapter)

@@ -80,3 +80,13 @@ def tiny() -> RunConfig:
     cfg.eval.zeroshot_n = 64
     cfg.eval.retrieval_n = 64
     return cfg
+
+
+@recipe
+def shapes_locked_text() -> RunConfig:
+    """LiT: a locked pretrained text tower (all-MiniLM-L6-v2, offline); only the image side trains."""
+    cfg = shapes_clip()
+    cfg.model.text.tower = "hf:all-MiniLM-L6-v2"
+    cfg.model.text.pool = "mean"
+    cfg.model.text.locked = True
+    return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.models import DualEncoder, build_model
+from vlalign.models.adapters import parameter_counts
+from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
 from vlalign.objectives import Objective, build_objective
 
 TOKENIZER_FILE = "tokenizer.json"
+PARAMS_FILE = "parameters.json"  # total and trainable parameter counts (adapters and locked towers train fewer)
 MAX_TOKENIZER_CAPTIONS = 50_000
 
 
@@ -85,6 +89,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
+    if is_hf_tower(cfg.model.text.tower):  # a pretrained text tower brings its own tokenizer
+        run_dir.mkdir(parents=True, exist_ok=True)
+        copy_hf_tokenizer(cfg.model.text.tower, path)
+        return TextTokenizer.load(path)
     tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
@@ -102,6 +110,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
+        (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction)
