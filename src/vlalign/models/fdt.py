@@ -70,7 +70,9 @@ class FDTCodebook(nn.Module):
 class FDTGrounding(nn.Module):
     """Grounds one modality's tokens to the shared codebook and returns its FDT feature (§2.2).
 
-    Build one per modality, all pointing at the same `FDTCodebook`.
+    Build one per modality, all pointing at the same `FDTCodebook`. The codebook is then a submodule of
+    each grounding (tied weights): a parent's `parameters()` yields it once, but `state_dict()` lists it
+    under every grounding, so checkpoints need a tied-weight-aware writer (e.g. safetensors `save_model`).
 
     pad_mode says what padded tokens (mask False) do in the pool:
       - "neg_inf" (default): they are excluded. For max pooling their scores are set to -inf, so the max
