@@ -33,8 +33,8 @@ PAD_MODES = ("neg_inf", "zero")
 #   temperature <= 3:  < 2% of K=1024 codes active at init; one to three codes take over (T=1: 7 -> 1.2
 #                      active per sample, 3 used in the batch) and the loss stays at chance (ln 64).
 #   temperature 10:    5% active at init; learns, but slowly (loss 3.7 after 200 steps, 0.64 at T=30).
-#   temperature 30:    trains fast for K = 256, 1024 and 4096; active codes per sample go from 110/256,
-#                      140/1024, 160/4096 at init to about 55, 60 and 75 after training (sparse).
+#   temperature 30:    trains for K = 256, 1024, 4096 and 16384; active codes per sample go from 110/256,
+#                      140/1024, 160/4096, 180/16384 at init to about 55, 60, 75, 90 after training.
 #   temperature 100+:  trains too, but stays dense (K=1024: 257 active at T=100, 640 at T=300).
 #   temperature 1000:  fully dense for K <= 1024 (every code active).
 # At init the active fraction depends on K / temperature, hardly on code_dim or the number of tokens.
