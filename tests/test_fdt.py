@@ -192,13 +192,12 @@ def test_fdt_softmax_activation_is_dense_and_normalised():
     torch.testing.assert_close(out.weights, out.scores.softmax(-1))
 
 
-def test_fdt_default_temperature_scales_with_the_codebook_and_starts_moderately_sparse():
+def test_fdt_default_temperature_starts_moderately_sparse():
     torch.manual_seed(0)
-    grounding = FDTGrounding(token_dim=24, codebook=FDTCodebook(num_codes=512, code_dim=32))
-    assert grounding.temperature == 512 / 32
+    grounding = FDTGrounding(token_dim=24, codebook=FDTCodebook(num_codes=1024, code_dim=32))
     with torch.no_grad():
-        active_fraction = (grounding(torch.randn(16, 10, 24), None).weights > 0).float().mean().item()
-    assert 0.05 < active_fraction < 0.3
+        active_fraction = (grounding(torch.randn(8, 10, 24), None).weights > 0).float().mean().item()
+    assert 0.05 < active_fraction < 0.3  # ~14% measured; see DEFAULT_TEMPERATURE in fdt.py
 
 
 def test_fdt_codebook_is_shared_and_receives_gradient_from_both_modalities():
@@ -284,6 +283,6 @@ def test_fdt_head_trains_with_a_tiny_info_nce():
         optimizer.step()
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.7 * first, (first, last)  # measured 0.32-0.53 over seeds 0-4
     stats = code_usage_stats(image_out.weights, text_out.weights)
     assert 1 <= stats["fdt/active_codes_image"] < 128  # still sparse after training

@@ -64,5 +64,7 @@ def sparsemax(z: Tensor, dim: int = -1) -> Tensor:
     if z.dim() == 0:
         raise ValueError("sparsemax needs at least one dimension to project along, got a 0-d tensor.")
     if z.shape[dim] == 0:
-        raise ValueError(f"sparsemax got an empty dimension {dim} (shape {tuple(z.shape)}); there is nothing to normalise.")
+        raise ValueError(
+            f"sparsemax got an empty dimension {dim} (shape {tuple(z.shape)}); there is nothing to normalise."
+        )
     return _Sparsemax.apply(z, dim)
