@@ -40,7 +40,7 @@ def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[n
     if cfg.head == "fdt":
         f = cfg.fdt
         codebook = FDTCodebook(f.num_codes, f.code_dim)
-        options = dict(pool=f.pool, activation=f.activation, temperature=f.temperature or None, pad_mode=f.pad_mode)
+        options = dict(pool=f.pool, activation=f.activation, temperature=f.temperature, pad_mode=f.pad_mode)
         return (FDTHead(FDTGrounding(vision_width, codebook, **options)),
                 FDTHead(FDTGrounding(text_width, codebook, **options)))
     return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
