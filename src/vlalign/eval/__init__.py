@@ -10,7 +10,7 @@ from vlalign.eval.report import write_report
 from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 
 # Importing a task module registers its tasks.
-from vlalign.eval import linear_probe  # noqa: E402,F401
+from vlalign.eval import hard_negatives, linear_probe  # noqa: E402,F401
 
 
 def evaluate(model: Aligner, tasks: list[str], spec: str | None = None, write: bool = True) -> TaskResult:
