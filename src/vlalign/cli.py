@@ -19,6 +19,7 @@ EPILOG = """examples:
   vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
+  vlalign benchmark --checkpoint runs/shapes-clip --suite shapes
   vlalign recipes
 """
 
@@ -49,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html into the run directory and prints the results as JSON.")
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional")
+                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, mir")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
+
+    bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",
+                           description="Run a named suite of (task, data) entries; writes benchmark-SUITE.md/.json/"
+                           ".html into the run directory. Finished entries are skipped on rerun.")
+    bench.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    bench.add_argument("--suite", default="shapes", help="suite name: shapes (default) or full")
+    bench.add_argument("--force", action="store_true", help="rerun every entry, ignoring finished ones")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -99,6 +107,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from vlalign.api import load
+    from vlalign.eval import save_results
+    from vlalign.eval.benchmark import run_benchmark, table_markdown
+
+    model = load(args.checkpoint)
+    out = run_benchmark(model, args.suite, force=args.force, log=lambda line: print(line, file=sys.stderr))
+    if out["fresh"].results:
+        save_results(model, out["fresh"])
+    print(table_markdown(out["table"]))
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from vlalign.recipes import DEFAULT_RECIPE, RECIPES, describe
 
@@ -141,7 +162,7 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "recipes": cmd_recipes, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
