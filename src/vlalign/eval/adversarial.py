@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from vlalign.api import Aligner
 from vlalign.data.specs import build_source
+from vlalign.data.transforms import ImageTransform
 from vlalign.errors import DataError
 from vlalign.eval.retrieval import retrieval_metrics
 from vlalign.eval.tasks import TaskResult, _generic_label_set, load_arrays, task
@@ -29,9 +30,9 @@ BUDGETS = (2, 4, 8)  # pixel levels out of 255
 INPUT_RANGE = (-1.0, 1.0)  # model-input values of pixel levels 0 and 255
 
 
-def normalised_budget(epsilon_pixels: float, model: Aligner) -> float:
+def normalised_budget(epsilon_pixels: float, transform: ImageTransform) -> float:
     """An L_inf budget in 8-bit pixel levels -> the same budget in the model's input units."""
-    if model.transform.mean is not None:
+    if transform.mean is not None:
         raise DataError("The adversarial budget is defined in 8-bit pixel levels, but this run normalises its "
                         "inputs with source statistics (16-bit or float data); evaluate an 8-bit-image run.")
     return 2.0 * epsilon_pixels / 255.0
@@ -120,7 +121,7 @@ def adversarial(model: Aligner, spec: str | None) -> TaskResult:
     scale = float(model.model.logit_scale.exp())
     results = []
     for budget in BUDGETS:
-        epsilon = normalised_budget(budget, model)
+        epsilon = normalised_budget(budget, model.transform)
         delta = universal_perturbation(model.model.encode_image, pixels[train], text_embeds[train], epsilon,
                                        scale=scale)
         row = {"task": "adversarial", "data": pair_spec, "zeroshot_data": zeroshot and zeroshot[0],

@@ -95,6 +95,7 @@ def run_benchmark(model: Aligner, suite: str = "shapes", force: bool = False, lo
             continue
         if task_name not in TASKS:
             state["entries"][key] = {"skipped": f"task '{task_name}' is not available in this vlalign"}
+            log(f"{key}: skipped (no such task)")
             continue
         start = time.perf_counter()
         try:
