@@ -5,14 +5,36 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlalign.data.transforms import ImageTransform
 from vlalign.data.shapes import RELATIONS, ShapesConfig, ShapesWorld, true_relations
-from vlalign.eval.adversarial import normalised_budget, pair_loss, perturb, random_perturbation, universal_perturbation
-from vlalign.eval.hard_negatives import NEGATIVE_TYPES, OPPOSITE, hard_negatives, holds, negative_accuracy, true_claim
-from vlalign.eval.linear_probe import few_shot_indices, probe, probe_suite, split_indices
-from vlalign.eval.mir import (decoder_mir, frechet_distance, modality_integration_rate, replace_outliers,
-                              split_prefix_hidden_states)
-
+from vlalign.data.transforms import ImageTransform
+from vlalign.eval.adversarial import (
+    normalised_budget,
+    pair_loss,
+    perturb,
+    random_perturbation,
+    universal_perturbation,
+)
+from vlalign.eval.hard_negatives import (
+    NEGATIVE_TYPES,
+    OPPOSITE,
+    hard_negatives,
+    holds,
+    negative_accuracy,
+    true_claim,
+)
+from vlalign.eval.linear_probe import (
+    few_shot_indices,
+    probe,
+    probe_suite,
+    split_indices,
+)
+from vlalign.eval.mir import (
+    decoder_mir,
+    frechet_distance,
+    modality_integration_rate,
+    replace_outliers,
+    split_prefix_hidden_states,
+)
 
 # ------------------------------------------------------------------ linear probe
 
@@ -79,7 +101,7 @@ def test_an_oracle_scores_one_and_random_embeddings_score_near_chance(scenes):
     perfect = negative_accuracy(images, oracle_text(truths), oracle_text(negatives), owners, kinds)
     assert perfect["accuracy"] == 1.0 and all(perfect[k] == 1.0 for k in NEGATIVE_TYPES)
     g = torch.Generator().manual_seed(0)
-    rand = lambda n: F.normalize(torch.randn(n, 16, generator=g), dim=-1)  # noqa: E731
+    rand = lambda n: F.normalize(torch.randn(n, 16, generator=g), dim=-1)
     chance = negative_accuracy(rand(len(scenes)), rand(len(truths)), rand(len(negatives)), owners, kinds)
     assert 0.4 < chance["accuracy"] < 0.6 and chance["n"] == len(negatives) > 450
 
@@ -90,7 +112,7 @@ def test_an_oracle_scores_one_and_random_embeddings_score_near_chance(scenes):
 def test_universal_perturbation_respects_its_budget_and_raises_the_loss():
     torch.manual_seed(0)
     proj = torch.randn(3 * 8 * 8, 16)
-    encode = lambda x: F.normalize(x.flatten(1) @ proj, dim=-1)  # noqa: E731
+    encode = lambda x: F.normalize(x.flatten(1) @ proj, dim=-1)
     pixels = torch.rand(40, 3, 8, 8) * 2 - 1
     texts = encode(pixels)  # a perfectly aligned "model"
     eps = normalised_budget(8, ImageTransform(8, 3))

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from vlalign.api import Aligner
-from vlalign.eval.report import write_report
-from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 
 # Importing a task module registers its tasks.
-from vlalign.eval import adversarial, hard_negatives, linear_probe, mir  # noqa: E402,F401
+from vlalign.eval import adversarial, hard_negatives, linear_probe, mir  # noqa: F401
+from vlalign.eval.report import write_report
+from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 
 
 def evaluate(model: Aligner, tasks: list[str], spec: str | None = None, write: bool = True) -> TaskResult:

@@ -13,8 +13,8 @@ import dataclasses
 import html
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ class CachingAligner(Aligner):
     text_cache: dict[str, torch.Tensor]
 
     @classmethod
-    def wrap(cls, model: Aligner, cache: dict[str, torch.Tensor]) -> "CachingAligner":
+    def wrap(cls, model: Aligner, cache: dict[str, torch.Tensor]) -> CachingAligner:
         out = cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)})
         out.text_cache = cache
         return out

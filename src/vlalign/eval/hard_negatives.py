@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from vlalign.api import Aligner
-from vlalign.data.shapes import COLOURS, GRID, POSITION_PHRASES, SHAPES, Scene, ShapeObject, true_relations
+from vlalign.data.shapes import (
+    COLOURS,
+    GRID,
+    POSITION_PHRASES,
+    SHAPES,
+    Scene,
+    ShapeObject,
+    true_relations,
+)
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
@@ -45,7 +53,7 @@ class Mention:
     shape: str
 
     @classmethod
-    def of(cls, obj: ShapeObject) -> "Mention":
+    def of(cls, obj: ShapeObject) -> Mention:
         return cls(obj.size, obj.colour, obj.shape)
 
     def matches(self, obj: ShapeObject) -> bool:
@@ -172,7 +180,7 @@ def negative_accuracy(image_embeds: torch.Tensor, true_embeds: torch.Tensor, neg
             out[f"{kind}_n"] = int(picked.sum())
     out["accuracy"] = correct.float().mean().item()
     out["macro_accuracy"] = float(np.mean([out[k] for k in NEGATIVE_TYPES if k in out]))
-    out["n"] = int(len(owners))
+    out["n"] = len(owners)
     return out
 
 

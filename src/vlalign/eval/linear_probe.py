@@ -93,7 +93,7 @@ def probe(features: torch.Tensor, labels: torch.Tensor, train: torch.Tensor, val
     W, b = fit_logistic(scaler(features[fit]), labels[fit], num_classes, best)
     metrics = classification_metrics((scaler(features[test]) @ W + b).float(), labels[test], num_classes)
     metrics.pop("confusion")
-    return {**metrics, "weight_decay": best, "val_top1": val_scores[best], "n_train": int(len(fit))}
+    return {**metrics, "weight_decay": best, "val_top1": val_scores[best], "n_train": len(fit)}
 
 
 def probe_suite(features: torch.Tensor, labels: torch.Tensor, num_classes: int, shots=SHOTS, seed: int = 0) -> list[dict]:
