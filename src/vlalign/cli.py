@@ -19,6 +19,7 @@ EPILOG = """examples:
   vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
+  vlalign benchmark --checkpoint runs/shapes-clip --suite shapes
   vlalign recipes
   vlalign data convert csv:pairs.csv --to shards/    # then --set data.train=wds:shards/shards.json
   vlalign data inspect wds:shards/{000000..000009}.tar
@@ -51,8 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html into the run directory and prints the results as JSON.")
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional")
+                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, mir")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
+
+    bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",
+                           description="Run a named suite of (task, data) entries; writes benchmark-SUITE.md/.json/"
+                           ".html into the run directory. Finished entries are skipped on rerun.")
+    bench.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    bench.add_argument("--suite", default="shapes", help="suite name: shapes (default) or full")
+    bench.add_argument("--force", action="store_true", help="rerun every entry, ignoring finished ones")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -133,6 +141,19 @@ def cmd_eval(args) -> int:
     result = evaluate(model, args.task or model.config.eval.tasks, args.data)
     print(json.dumps(result.results, indent=1))
     print_summary(result.results, stream=sys.stderr)
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from vlalign.api import load
+    from vlalign.eval import save_results
+    from vlalign.eval.benchmark import run_benchmark, table_markdown
+
+    model = load(args.checkpoint)
+    out = run_benchmark(model, args.suite, force=args.force, log=lambda line: print(line, file=sys.stderr))
+    if out["fresh"].results:
+        save_results(model, out["fresh"])
+    print(table_markdown(out["table"]))
     return 0
 
 
@@ -230,8 +251,8 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "data": cmd_data, "embed": cmd_embed,
-            "serve": cmd_serve, "export": cmd_export}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "recipes": cmd_recipes, "data": cmd_data,
+            "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
