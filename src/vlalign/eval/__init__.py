@@ -8,7 +8,7 @@ from pathlib import Path
 from vlalign.api import Aligner
 
 # Importing a task module registers its tasks.
-from vlalign.eval import adversarial, hard_negatives, linear_probe, mir  # noqa: F401
+from vlalign.eval import adversarial, fdt_codes, hard_negatives, linear_probe, mir  # noqa: F401
 from vlalign.eval.report import write_report
 from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 

@@ -140,13 +140,7 @@ def retrieval(model: Aligner, spec: str | None) -> TaskResult:
     return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})
 
 
-def _register_more_tasks() -> None:
-    """Tasks in their own modules register themselves on import."""
-    from vlalign.eval import fdt_codes  # noqa: F401
-
-
 def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> TaskResult:
-    _register_more_tasks()
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise DataError(f"Unknown eval task '{unknown[0]}'. Known tasks: {', '.join(sorted(TASKS))}.")
