@@ -9,9 +9,10 @@ from vlalign.objectives import OBJECTIVES, build_objective
 GENERATIVE = {name for names in GENERATIVE_OBJECTIVES.values() for name in names}  # tested in test_cgvlm.py
 
 
-def tiny_model(**vision):
+def tiny_model(head="projection", **vision):
     cfg = ModelConfig()
-    cfg.vision.size, cfg.text.size, cfg.embed_dim = "vit-micro", "text-micro", 16
+    cfg.vision.size, cfg.text.size, cfg.embed_dim, cfg.head = "vit-micro", "text-micro", 16, head
+    cfg.fdt.num_codes, cfg.fdt.code_dim = 64, 16
     for k, v in vision.items():
         setattr(cfg.vision, k, v)
     return build_model(cfg, image_size=16, vocab_size=50, context_length=8)
@@ -51,13 +52,44 @@ def test_size_table_rows_build():
 
 @pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - set(GENERATIVE)))
 def test_every_objective_trains_every_parameter(name):
-    model = tiny_model()
+    model = tiny_model(head="fdt" if name == "fdt" else "projection")
     objective = build_objective(ObjectiveConfig(name=name))
     images, ids, mask = batch()
     loss, metrics = objective(model(images, ids, mask), {})
     loss.backward()
     assert torch.isfinite(loss) and metrics
     for pname, p in model.named_parameters():
-        if name == "clip" and pname == "logit_bias":
+        if name != "siglip" and pname == "logit_bias":
             continue  # only the sigmoid loss uses the bias
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_fdt_head_embeds_in_the_codebook_span_and_ignores_padding():
+    model = tiny_model(head="fdt").eval()
+    images, ids, mask = batch()
+    out = model(images, ids, mask)
+    weights = out.extras["image_fdt_weights"]  # [B, K] sparsemax weights
+    assert torch.allclose(weights.sum(-1), torch.ones(4)) and (weights >= 0).all()
+    codes = model.image_head.grounding.codebook.codes
+    assert torch.allclose(out.image_embeds, torch.nn.functional.normalize(weights @ codes, dim=-1), atol=1e-6)
+    assert model.image_head.grounding.codebook is model.text_head.grounding.codebook  # one shared codebook
+    assert torch.allclose(model.encode_text(ids[:, :6], mask[:, :6]), model.encode_text(ids, mask), atol=1e-6)
+
+
+def test_fdt_codes_task_on_a_tiny_fdt_run(tmp_path):
+    from vlalign.api import load
+    from vlalign.config import apply_overrides
+    from vlalign.eval.tasks import run_tasks
+    from vlalign.recipes import get_recipe
+    from vlalign.train import run_training
+
+    cfg = apply_overrides(get_recipe("tiny"), ["model.head=fdt", "objective.name=fdt", "model.fdt.num_codes=64",
+                                                "model.fdt.code_dim=16", "train.steps=3", "eval.retrieval_n=32"])
+    run_training(cfg, tmp_path, progress=False)
+    out = run_tasks(load(tmp_path), ["fdt-codes"])
+    (result,) = out.results
+    assert 1 <= result["active_codes_image"] <= 64 and 0 <= result["overlap"] <= 1
+    assert len(result["codes"]) == 8 and all(isinstance(c["top_words"], list) for c in result["codes"])
+    assert out.figures["FDT codes"].startswith(b"\x89PNG")
+    records = [__import__("json").loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "fdt/active_codes_text" in records[-1]

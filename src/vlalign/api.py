@@ -117,8 +117,13 @@ def _until_eos(ids: list[int], eos_id: int) -> list[int]:
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner | VisualAssistant:
-    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory)."""
+    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
+    exported Hugging Face-style directory)."""
+    from vlalign.export import is_hf_export, load_hf_export
+
     run_dir = Path(run_dir)
+    if checkpoint is None and is_hf_export(run_dir):  # a `vlalign export --format hf` directory
+        return load_hf_export(run_dir)
     if (run_dir / "COMMITTED").is_file() and checkpoint is None:  # pointed at a checkpoint directory
         checkpoint, run_dir = run_dir, run_dir.parent.parent
     config_path = run_dir / "config.yaml"

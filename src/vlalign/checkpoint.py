@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlalign.errors import CheckpointError
@@ -46,6 +47,29 @@ def _fsync_dir(path: Path) -> None:
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors refuses tensors that share memory (a codebook used by two heads, tied embeddings):
+    store each storage once and record the other names as aliases in the file's metadata."""
+    unique, aliases, seen = {}, {}, {}
+    for name, t in tensors.items():
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            unique[name] = t
+    save_file(_contiguous(unique), path, metadata={"aliases": json.dumps(aliases)})
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(path)
+    with safe_open(path, "pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for name, target in aliases.items():
+        tensors[name] = tensors[target]
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,11 +141,11 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
+        save_tensors(model.state_dict(), tmp / "model.safetensors")
         meta = dict(state)
         if optimizer is not None:
             opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
-            save_file(_contiguous(opt_tensors), tmp / "optimizer.safetensors")
+            save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             meta["optimizer"] = opt_meta
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         for f in tmp.iterdir():
@@ -165,7 +189,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path} is not a complete vlalign checkpoint (no {MARKER} marker).")
-    model = load_file(path / "model.safetensors")
-    opt = load_file(path / "optimizer.safetensors") if (path / "optimizer.safetensors").is_file() else None
+    model = load_tensors(path / "model.safetensors")
+    opt = load_tensors(path / "optimizer.safetensors") if (path / "optimizer.safetensors").is_file() else None
     state = json.loads((path / "state.json").read_text())
     return model, opt, state

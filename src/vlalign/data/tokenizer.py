@@ -24,7 +24,8 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.token_to_id(PAD)
         self.bos_id = tokenizer.token_to_id(BOS)
-        self.eos_id = tokenizer.token_to_id(EOS)
+        # A pretrained (BERT-style) tokenizer ends sequences with [SEP] instead of [EOS].
+        self.eos_id = tokenizer.token_to_id(EOS) if tokenizer.token_to_id(EOS) is not None else tokenizer.token_to_id("[SEP]")
         assert self.pad_id == 0, "the padding token must have id 0"
 
     @property

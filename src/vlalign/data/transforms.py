@@ -41,10 +41,7 @@ class ImageTransform:
                     x = (x - mean) / std
             if x.shape[0] == 1 and self.in_channels > 1:  # greyscale into an RGB tower
                 x = x.expand(self.in_channels, -1, -1)
-            if x.shape[-2:] != (self.image_size, self.image_size):
-                x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear",
-                                  align_corners=False, antialias=True)[0]
-            out.append(x)
+            out.append(resize_square(x, self.image_size))
         return torch.stack(out)
 
     def save(self, path: str | Path) -> None:
@@ -54,3 +51,10 @@ class ImageTransform:
     @classmethod
     def load(cls, path: str | Path) -> "ImageTransform":
         return cls(**json.loads(Path(path).read_text()))
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``[C, H, W]`` float -> ``[C, size, size]``: bilinear with antialiasing (area-like when shrinking)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]

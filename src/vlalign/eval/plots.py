@@ -54,7 +54,8 @@ def confusion_matrix(confusion: np.ndarray, class_names: list[str], title: str) 
     return to_png(fig)
 
 
-def retrieval_grid(queries: list[str], images: np.ndarray, top: list[list[int]], truth: list[int]) -> bytes:
+def retrieval_grid(queries: list[str], images: np.ndarray, top: list[list[int]], truth: list[int],
+                   title: str = "text -> image retrieval (true image framed in green)") -> bytes:
     """Each row: a text query and its top-k images; the true image is framed in green.
 
     images: [N, H, W, 3] uint8 display images; top: per query the indices of the retrieved images.
@@ -74,7 +75,7 @@ def retrieval_grid(queries: list[str], images: np.ndarray, top: list[list[int]],
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3 if index == true_index else 1)
-    fig.suptitle("text -> image retrieval (true image framed in green)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return to_png(fig)
 
 

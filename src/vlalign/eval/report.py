@@ -42,11 +42,17 @@ def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, by
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     records = read_metrics(run_dir)
-    all_figures = ({"training curves": plots.training_curves(records)} if records else {}) | figures
-    sections = []
-    for title, png in all_figures.items():
+    new_figures = ({"training curves": plots.training_curves(records)} if records else {}) | figures
+    titles = {}
+    for title, png in new_figures.items():
         (plot_dir / f"{_slug(title)}.png").write_bytes(png)
-        data = base64.b64encode(png).decode()
+        titles[_slug(title)] = title
+    # Figures of earlier `vlalign eval` calls stay in the report, after the training curves.
+    files = sorted(plot_dir.glob("*.png"), key=lambda f: (f.stem != "training-curves", f.stem))
+    sections = []
+    for png_file in files:
+        title = titles.get(png_file.stem, png_file.stem.replace("-", " "))
+        data = base64.b64encode(png_file.read_bytes()).decode()
         sections.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     table = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(w)}</td><td>{html.escape(m)}</td></tr>"
                     for t, w, m in summary_rows(results))

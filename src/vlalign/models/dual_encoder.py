@@ -40,6 +40,19 @@ class PooledProjection(nn.Module):
         return F.normalize(self.proj(features.pooled), dim=-1), {}
 
 
+class FDTHead(nn.Module):
+    """FDT head (METHODS.md §2): ground the tower's tokens (patches without CLS; real text tokens) in the
+    shared codebook; the embedding is the normalised sparse mixture of codes. Extras carry the code weights."""
+
+    def __init__(self, grounding: nn.Module):
+        super().__init__()
+        self.grounding = grounding
+
+    def forward(self, features: VisionFeatures | TextFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.grounding(features.tokens, features.mask)
+        return out.embedding, {"fdt_weights": out.weights}
+
+
 class DualEncoder(nn.Module):
     def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
                  init_temperature: float = 0.07):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
+from vlalign.models.adapters import apply_adapter
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
-from vlalign.models.dual_encoder import DualEncoder, PooledProjection
+from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection
+from vlalign.models.fdt import FDTCodebook, FDTGrounding
+from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
@@ -26,7 +29,9 @@ def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool)
 
 
-def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> TextTransformer:
+def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:
+    if is_hf_tower(cfg.text.tower):
+        return HFTextTower(resolve_hf_path(cfg.text.tower), cfg.text.locked)
     size = text_size(cfg.text.size)
     return TextTransformer(vocab_size, context_length, size.width, size.depth, size.heads, size.mlp_ratio,
                            cfg.text.pool)
@@ -52,11 +57,25 @@ def build_vlm(cfg: ModelConfig, image_size: int, vocab_size: int, context_length
     return VisionLanguageModel(decoder, prefix, vision, connector, cfg.init_temperature)
 
 
+def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[nn.Module, nn.Module]:
+    """(image head, text head): CLIP projections, or FDT groundings sharing one codebook."""
+    if cfg.head == "fdt":
+        f = cfg.fdt
+        codebook = FDTCodebook(f.num_codes, f.code_dim)
+        options = dict(pool=f.pool, activation=f.activation, temperature=f.temperature, pad_mode=f.pad_mode)
+        return (FDTHead(FDTGrounding(vision_width, codebook, **options)),
+                FDTHead(FDTGrounding(text_width, codebook, **options)))
+    return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
+
+
 def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
                 context_length: int) -> DualEncoder | VisionLanguageModel:
     if cfg.arch in ("lm", "vlm"):
         return build_vlm(cfg, image_size, vocab_size, context_length)
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
-    return DualEncoder(vision, text, PooledProjection(vision.width, cfg.embed_dim),
-                       PooledProjection(text.width, cfg.embed_dim), cfg.init_temperature)
+    image_head, text_head = build_heads(cfg, vision.width, text.width)
+    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature)
+    if cfg.text.locked:
+        text.requires_grad_(False)
+    return apply_adapter(model, cfg.adapter)

@@ -54,6 +54,21 @@ def siglip_objective(cfg: ObjectiveConfig) -> Objective:
     return objective
 
 
+@register("fdt")
+def fdt_objective(cfg: ObjectiveConfig) -> Objective:
+    """InfoNCE on FDT features only, as the reference (METHODS.md §2.3), plus code-usage diagnostics."""
+    from vlalign.models.fdt import code_usage_stats
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if "image_fdt_weights" not in out.extras:
+            raise ConfigError("objective.name=fdt needs model.head=fdt (the FDT head provides the code weights).")
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        stats = code_usage_stats(out.extras["image_fdt_weights"], out.extras["text_fdt_weights"])
+        return loss, {"loss/fdt": loss.item(), **stats}
+
+    return objective
+
+
 def generative_loss(out: VLMOutput, batch: dict) -> torch.Tensor:
     """L_gen: next-token cross-entropy on the target tokens only (never the prefix, prompt or padding)."""
     targets, loss_mask = next_token_targets(batch["text_ids"], batch["target_mask"], out.prefix_len)

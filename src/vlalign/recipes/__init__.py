@@ -53,6 +53,15 @@ def shapes_siglip() -> RunConfig:
 
 
 @recipe
+def shapes_fdt() -> RunConfig:
+    """The default recipe with an FDT head: both towers grounded in a shared 1024-code codebook (sparsemax)."""
+    cfg = shapes_clip()
+    cfg.model.head = "fdt"
+    cfg.objective.name = "fdt"
+    return cfg
+
+
+@recipe
 def tiny() -> RunConfig:
     """Smoke test: micro towers, 20 steps on 512 shapes; seconds on a CPU."""
     cfg = RunConfig()
@@ -70,6 +79,16 @@ def tiny() -> RunConfig:
     cfg.optim.warmup_steps = 5
     cfg.eval.zeroshot_n = 64
     cfg.eval.retrieval_n = 64
+    return cfg
+
+
+@recipe
+def shapes_locked_text() -> RunConfig:
+    """LiT: a locked pretrained text tower (all-MiniLM-L6-v2, offline); only the image side trains."""
+    cfg = shapes_clip()
+    cfg.model.text.tower = "hf:all-MiniLM-L6-v2"
+    cfg.model.text.pool = "mean"
+    cfg.model.text.locked = True
     return cfg
 
 

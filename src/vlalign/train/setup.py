@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig
+from vlalign.data.cache import DecodedCache
 from vlalign.data.generative import collate_generative
 from vlalign.data.loader import Loader, collate
 from vlalign.data.sample import Source
@@ -21,11 +23,14 @@ from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
+from vlalign.models.adapters import parameter_counts
+from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
 from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 
 TOKENIZER_FILE = "tokenizer.json"
+PARAMS_FILE = "parameters.json"  # total and trainable parameter counts (adapters and locked towers train fewer)
 MAX_TOKENIZER_CAPTIONS = 50_000
 
 
@@ -94,6 +99,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
+    if is_hf_tower(cfg.model.text.tower):  # a pretrained text tower brings its own tokenizer
+        run_dir.mkdir(parents=True, exist_ok=True)
+        copy_hf_tokenizer(cfg.model.text.tower, path)
+        return TextTokenizer.load(path)
     inherited = language_model_source(cfg.model.init_from) if cfg.model.arch != "dual-encoder" else None
     if inherited is not None:
         tokenizer = TextTokenizer.load(inherited / TOKENIZER_FILE)
@@ -105,7 +114,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
 
 
 def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 1) -> Components:
-    source = subset(build_source(cfg.data.train), cfg.data.fraction, cfg.train.seed)
+    source = build_source(cfg.data.train)
+    if cfg.data.cache_dir:
+        source = DecodedCache(source, cfg.data.cache_dir, cfg.data.image_size, cfg.data.num_workers)
+    source = subset(source, cfg.data.fraction, cfg.train.seed)
     tokenizer = build_tokenizer(cfg, source, run_dir)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
@@ -116,6 +128,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
+        (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
     collate_fn = collate
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")

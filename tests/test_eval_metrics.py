@@ -1,0 +1,39 @@
+import torch
+import torch.nn.functional as F
+
+from vlalign.eval.retrieval import ranks_of_truth, retrieval_metrics
+from vlalign.eval.zeroshot import class_embeddings, classification_metrics, zeroshot_classify
+
+
+def test_perfect_retrieval_scores_one_and_random_is_near_chance():
+    e = F.normalize(torch.randn(200, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    perfect = retrieval_metrics(e, e)
+    assert perfect["t2i_R@1"] == perfect["i2t_R@1"] == 1.0 and perfect["t2i_median_rank"] == 1
+    other = F.normalize(torch.randn(200, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    chance = retrieval_metrics(e, other)
+    assert chance["t2i_R@10"] < 0.15  # chance is 10/200 = 0.05
+
+
+def test_ranks_count_ties_against_the_model():
+    sim = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    assert ranks_of_truth(sim).tolist() == [2, 2, 1]
+
+
+def test_classification_metrics_on_a_known_case():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0]])
+    labels = torch.tensor([0, 1, 2, 2])
+    m = classification_metrics(logits, labels, 3)
+    assert m["top1"] == 0.75  # rows 0, 1 and 3 right
+    assert abs(m["mean_per_class_recall"] - (1 + 1 + 0.5) / 3) < 1e-6
+    assert m["confusion"][2].tolist() == [0, 1, 1]
+
+
+def test_prompt_ensemble_averages_then_normalises():
+    table = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([1.0, 1.0])}
+
+    def encode(texts):
+        return torch.stack([table[t] for t in texts])
+
+    emb = class_embeddings(encode, [["a", "b"], ["c"]])
+    assert torch.allclose(emb, F.normalize(torch.tensor([[0.5, 0.5], [1.0, 1.0]]), dim=-1))
+    assert zeroshot_classify(F.normalize(torch.tensor([[1.0, 1.0]]), dim=-1), emb, torch.tensor([0]))["top1"] == 1.0
