@@ -126,7 +126,7 @@ def _generative_base() -> RunConfig:
 
 @recipe
 def cgvlm_vision() -> RunConfig:
-    """CG-VLM stage 0b: CLIP on shapes, training the ViT the generative stages reuse (~2 min)."""
+    """CG-VLM stage 0b: CLIP on shapes, training the ViT the generative stages reuse (~3 min)."""
     cfg = RunConfig()
     cfg.data.train = "shapes:n=8000,seed=4"
     cfg.data.eval = "shapes:n=500,seed=1"
@@ -136,8 +136,8 @@ def cgvlm_vision() -> RunConfig:
     cfg.model.text.size = "text-micro"
     cfg.model.text.vocab_size = 300
     cfg.model.embed_dim = 64
-    cfg.train.steps = 300
-    cfg.train.checkpoint_every = 100
+    cfg.train.steps = 600
+    cfg.train.checkpoint_every = 200
     cfg.optim.warmup_steps = 30
     cfg.eval.tasks = ["zeroshot", "retrieval"]
     cfg.eval.zeroshot_n = 500
@@ -184,6 +184,6 @@ def cgvlm_stage2() -> RunConfig:
     cfg.data.train = "shapes-qa:n=2000,seed=2"
     cfg.model.init_from = ["runs/cgvlm-stage1-cg"]
     cfg.model.vlm.freeze = ["vision"]
-    cfg.optim.lr = 5e-4
+    cfg.optim.lr = 1e-3
     cfg.eval.tasks = ["vqa", "text-qa"]
     return cfg
