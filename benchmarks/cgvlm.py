@@ -8,7 +8,7 @@ shapes world (METHODS.md §3; recipes cgvlm-vision, lm-pretrain, cgvlm-stage1-ge
 
 1. once: a CLIP run trains the ViT; a tiny causal LM is pre-trained on text only;
 2. per seed, two stage-1 alignments of the connector (ViT and LM frozen): generative only (LLaVA)
-   and generative + patch-token contrastive (CG-VLM, λ = 1);
+   and generative + patch-token contrastive (CG-VLM, λ = 1); and, as a control, no stage 1;
 3. each followed by stage 2 (connector + LM) on 1%, 10% and 100% of the instruction data for the
    same number of steps (a fixed compute budget: smaller fractions are repeated more often);
 4. exact-match VQA accuracy on held-out scenes, and the paper's diagnostic after stage 1: cosine
@@ -42,7 +42,9 @@ from vlalign.recipes import get_recipe
 from vlalign.train import run_training
 
 FRACTIONS = (0.01, 0.1, 1.0)
-VARIANTS = {"gen": "cgvlm-stage1-gen", "cg": "cgvlm-stage1-cg"}
+VARIANTS = {"gen": "cgvlm-stage1-gen", "cg": "cgvlm-stage1-cg", "none": None}  # stage-1 recipe; None = skip
+LABELS = {"gen": "generative only (LLaVA)", "cg": "contrastive + generative (CG-VLM)",
+          "none": "no stage 1 (control)"}
 EVAL_SPEC = "shapes-qa:n=100,seed=1"  # held-out scenes: no training stage draws from seed 1
 STAGE2_DATA = "shapes-qa:n=400,seed=2"  # ~5.4k questions: 100% is about one pass in the stage-2 budget
 
@@ -92,19 +94,21 @@ def mean_std(values: list[float]) -> str:
 
 
 def run_chain(work: Path, variant: str, seed: int, steps: dict, generative: list[str]) -> dict:
-    """Stage 1 with one loss, then stage 2 on every fraction; runs in a worker process."""
+    """Stage 1 with one loss (or none), then stage 2 on every fraction; runs in a worker process."""
     torch.set_num_threads(1)
-    seconds = {}
-    stage1 = work / f"stage1-{variant}-seed{seed}"
-    _, seconds[stage1.name] = train(VARIANTS[variant], stage1, [
-        *generative, f"train.seed={seed}", f"train.steps={steps['stage1']}",
-        f"model.init_from=[{work / 'lm'},{work / 'vision'}]"])
-    diagnostics, accuracy = stage1_diagnostics(stage1), {}
+    seconds, diagnostics, accuracy = {}, {}, {}
+    pretrained = f"{work / 'lm'},{work / 'vision'}"
+    start_from = pretrained  # the control starts stage 2 with an untrained connector
+    if VARIANTS[variant] is not None:
+        stage1 = work / f"stage1-{variant}-seed{seed}"
+        _, seconds[stage1.name] = train(VARIANTS[variant], stage1, [
+            *generative, f"train.seed={seed}", f"train.steps={steps['stage1']}", f"model.init_from=[{pretrained}]"])
+        diagnostics, start_from = stage1_diagnostics(stage1), str(stage1)
     for fraction in FRACTIONS:
         stage2 = work / f"stage2-{variant}-seed{seed}-frac{fraction:g}"
         _, seconds[stage2.name] = train("cgvlm-stage2", stage2, [
             *generative, f"train.seed={seed}", f"train.steps={steps['stage2']}",
-            f"data.train={STAGE2_DATA}", f"data.fraction={fraction}", f"model.init_from=[{stage1}]"])
+            f"data.train={STAGE2_DATA}", f"data.fraction={fraction}", f"model.init_from=[{start_from}]"])
         accuracy[fraction] = vqa_accuracy(stage2)
         print(f"seed {seed} {variant} {fraction:>5}: vqa {accuracy[fraction]['all']:.3f}", flush=True)
     return {"variant": variant, "seed": seed, "stage1": diagnostics, "stage2": accuracy, "seconds": seconds}
@@ -139,7 +143,8 @@ def main() -> None:
                   for seed in args.seeds for variant in VARIANTS]
         for chain in chains:
             done = chain.result()
-            results["stage1"][done["variant"]][done["seed"]] = done["stage1"]
+            if done["stage1"]:
+                results["stage1"][done["variant"]][done["seed"]] = done["stage1"]
             for fraction, accuracy in done["stage2"].items():
                 results["stage2"][done["variant"]][fraction][done["seed"]] = accuracy
             seconds |= done["seconds"]
@@ -159,19 +164,20 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
         return [stage2[variant][fraction][s][kind] for s in seeds]
 
     kinds = sorted(next(iter(stage2["gen"][1.0].values())))
+    quick = " (--quick: a smoke test, numbers meaningless)" if args.quick else ""
     lines = [
         "# CG-VLM at small scale: contrastive + generative vs generative-only alignment",
         "",
-        f"torch {torch.__version__}, {args.jobs} process(es) of 1 thread, {platform.machine()}; seeds {seeds}; "
-        f"total wall time {total / 60:.1f} min{' (--quick: a smoke test, numbers meaningless)' if args.quick else ''}.",
-        f"Steps: vision (CLIP) {steps['vision']}, text-only LM {steps['lm']}, stage 1 {steps['stage1']}, "
-        f"stage 2 {steps['stage2']} (batch 32). Stage-2 data `{STAGE2_DATA}` "
-        f"({len(build_source(STAGE2_DATA))} questions); held-out eval `{EVAL_SPEC}`, first "
-        f"{get_recipe('cgvlm-stage2').eval.vqa_n} questions.",
+        (f"torch {torch.__version__}, {args.jobs} process(es) of 1 thread, {platform.machine()}; "
+         f"seeds {seeds}; total wall time {total / 60:.1f} min{quick}."),
+        (f"Steps: vision (CLIP) {steps['vision']}, text-only LM {steps['lm']}, stage 1 {steps['stage1']}, "
+         f"stage 2 {steps['stage2']} (batch 32). Stage-2 data `{STAGE2_DATA}` "
+         f"({len(build_source(STAGE2_DATA))} questions); held-out eval `{EVAL_SPEC}`, first "
+         f"{get_recipe('cgvlm-stage2').eval.vqa_n} questions."),
         "",
-        "The CLIP vision tower and the text-only LM are trained once and shared; the seeds vary stage 1 "
-        "and stage 2 (initialisation, data order, the subsampled fraction). Every stage-2 run takes the same "
-        "number of steps, so 1% of the data is seen many times over and 100% about once.",
+        ("The CLIP vision tower and the text-only LM are trained once and shared; the seeds vary stage 1 "
+         "and stage 2 (initialisation, data order, the subsampled fraction). Every stage-2 run takes the same "
+         "number of steps, so 1% of the data is seen many times over and 100% about once."),
         "",
         "## Held-out VQA exact-match accuracy after stage 2 (mean ± std over seeds)",
         "",
@@ -179,27 +185,39 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
         "| --- | --- | --- | --- | --- |",
     ]
     reference = statistics.mean(accs("gen", 1.0))
-    for variant, label in (("gen", "generative only (LLaVA)"), ("cg", "contrastive + generative (CG-VLM)")):
+    for variant, label in LABELS.items():
         cells = [mean_std(accs(variant, f)) for f in FRACTIONS]
         ratio = statistics.mean(accs(variant, 0.1)) / reference if reference else float("nan")
         lines.append(f"| {label} | {' | '.join(cells)} | {ratio:.2f} |")
-    lines += ["", f"Blind baseline (most common training answer per question): {blind['all']:.3f}. "
-              f"Text-only LM given the caption as text (`text-qa`): {lm_text_qa['all']:.3f}.", "",
-              "## By question type (100% and 10% of the data)", "",
-              "| stage 1 | data | " + " | ".join(kinds) + " |", "| --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
-    for variant in ("gen", "cg"):
+    lines += [
+        "",
+        (f"Blind baseline (most common training answer per question): {blind['all']:.3f}. "
+         f"Text-only LM given the caption as text (`text-qa`): {lm_text_qa['all']:.3f}."),
+        "",
+        "## By question type (100% and 10% of the data)",
+        "",
+        "| stage 1 | data | " + " | ".join(kinds) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in kinds) + " |",
+    ]
+    for variant in LABELS:
         for fraction in (1.0, 0.1):
             cells = [mean_std(accs(variant, fraction, k)) for k in kinds]
             lines.append(f"| {variant} | {fraction:.0%} | " + " | ".join(cells) + " |")
     lines.append("| blind | — | " + " | ".join(f"{blind.get(k, float('nan')):.3f}" for k in kinds) + " |")
     diag_keys = ("cos_related", "cos_unrelated", "cos_gap", "patch_cos_unrelated", "i2t_R@1", "attribute_recall",
                  "attribute_precision")
-    lines += ["", "## Stage-1 diagnostic (held-out images)", "",
-              "Cosine similarity between the mean-pooled projected image features and the LM's input embeddings "
-              "of the image's own caption tokens (related) or of other captions' tokens (unrelated); "
-              "`patch_cos_unrelated` uses single patches. `i2t_R@1`: the true caption ranks first by CG-VLM's "
-              "averaged image-sentence similarity. Attribute recall/precision: greedy stage-1 captions.", "",
-              "| stage 1 | " + " | ".join(diag_keys) + " |", "| --- | " + " | ".join("---" for _ in diag_keys) + " |"]
+    lines += [
+        "",
+        "## Stage-1 diagnostic (held-out images)",
+        "",
+        ("Cosine similarity between the mean-pooled projected image features and the LM's input embeddings "
+         "of the image's own caption tokens (related) or of other captions' tokens (unrelated); "
+         "`patch_cos_unrelated` uses single patches. `i2t_R@1`: the true caption ranks first by CG-VLM's "
+         "averaged image-sentence similarity (chance 0.01). Attribute recall/precision: greedy stage-1 captions."),
+        "",
+        "| stage 1 | " + " | ".join(diag_keys) + " |",
+        "| --- | " + " | ".join("---" for _ in diag_keys) + " |",
+    ]
     for variant in ("gen", "cg"):
         cells = [mean_std([results["stage1"][variant][s][k] for s in seeds]) for k in diag_keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
@@ -208,8 +226,9 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)
-    payload = {"seeds": seeds, "steps": steps, "fractions": FRACTIONS, "eval": EVAL_SPEC, "stage2_data": STAGE2_DATA,
-               "stage1": results["stage1"], "stage2": {v: {str(f): d for f, d in fr.items()} for v, fr in stage2.items()},
+    payload = {"seeds": seeds, "steps": steps, "fractions": FRACTIONS, "eval": EVAL_SPEC,
+               "stage2_data": STAGE2_DATA, "stage1": results["stage1"],
+               "stage2": {v: {str(f): d for f, d in fr.items()} for v, fr in stage2.items()},
                "blind": blind, "lm_text_qa": lm_text_qa, "seconds": seconds, "total_seconds": total,
                "quick": args.quick}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))

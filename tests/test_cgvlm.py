@@ -18,7 +18,7 @@ from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import CheckpointError, ConfigError
-from vlalign.eval.generative import attribute_scores
+from vlalign.eval.generative import attribute_scores, first_sentence
 from vlalign.models import build_model
 from vlalign.models.transfer import load_matching_weights
 from vlalign.objectives import OBJECTIVES, build_objective
@@ -103,7 +103,7 @@ def test_lambda_zero_is_captioning_only_and_lambda_one_is_not(world, tokenizer):
     grads = {}
     for name, weight in (("generative", 1.0), ("cgvlm", 0.0), ("cgvlm", 1.0)):
         model = tiny_vlm(tokenizer)
-        loss, metrics = build_objective(ObjectiveConfig(name=name, contrastive_weight=weight))(
+        loss, _ = build_objective(ObjectiveConfig(name=name, contrastive_weight=weight))(
             model(batch["images"], batch["text_ids"], batch["text_mask"]), batch)
         loss.backward()
         grads[name, weight] = (loss.item(), model.connector.fc1.weight.grad.clone())
@@ -242,6 +242,7 @@ def test_attribute_recall_and_precision_on_a_known_scene():
     recall, precision = attribute_scores("a red star and a green square", scene)
     assert recall == 0.5 and precision == 0.5
     assert attribute_scores("nothing here", scene) == (0.0, None)
+    assert first_sentence("a red star. what colour is the star? red") == "a red star"
 
 
 # --------------------------------------------------------------------------------------------

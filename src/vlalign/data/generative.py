@@ -74,7 +74,8 @@ def encode_examples(tokenizer: TextTokenizer, examples: list[GenerativeExample],
             "content_mask": content_mask}
 
 
-def encode_prompts(tokenizer: TextTokenizer, prompts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer: TextTokenizer, prompts: list[str],
+                   context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[BOS] prompt`` for each prompt, LEFT padded -> ids [B, L], mask [B, L] (True = real)."""
     rows = [[tokenizer.bos_id] + (tokenizer.encode(p, special_tokens=False) if p else []) for p in prompts]
     longest = max(map(len, rows))

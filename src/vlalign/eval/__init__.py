@@ -13,7 +13,8 @@ from vlalign.eval.report import write_report
 from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 
 
-def evaluate(model: Aligner | VisualAssistant, tasks: list[str], spec: str | None = None, write: bool = True) -> TaskResult:
+def evaluate(model: Aligner | VisualAssistant, tasks: list[str], spec: str | None = None,
+             write: bool = True) -> TaskResult:
     """Run ``tasks``; write ``eval.json`` and ``report.html`` into the model's run directory."""
     out = run_tasks(model, tasks, spec)
     if write:
@@ -21,7 +22,7 @@ def evaluate(model: Aligner | VisualAssistant, tasks: list[str], spec: str | Non
     return out
 
 
-def save_results(model: Aligner, out: TaskResult) -> None:
+def save_results(model: Aligner | VisualAssistant, out: TaskResult) -> None:
     """Merge ``out`` into the run's ``eval.json`` and rewrite ``report.html``."""
     path = model.run_dir / "eval.json"
     results = out.results

@@ -3,7 +3,8 @@
 - ``vqa``: exact-match accuracy of greedy answers, overall and by question type.
 - ``caption``: attribute recall of greedy captions (fraction of the scene's objects whose colour
   and shape words both appear) and attribute precision (fraction of "colour shape" phrases in the
-  caption that name an object of the scene).
+  caption that name an object of the scene). Only the first sentence counts: a language model
+  pre-trained on "caption. question answer" documents may run on past the caption.
 - ``alignment``: CG-VLM's diagnostic (Liu et al. 2023, Fig. 2): cosine similarity between the
   projected image features and the language model's input embeddings of related text tokens
   (the image's own caption) and unrelated ones (other captions' tokens). Weak alignment shows as
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 
@@ -99,6 +101,11 @@ def text_qa(model: VisualAssistant, spec: str | None) -> TaskResult:
     return TaskResult(rows)
 
 
+def first_sentence(text: str) -> str:
+    """``text`` up to its first "." or "?" (shapes captions have neither)."""
+    return re.split(r"[.?]", text, maxsplit=1)[0].strip()
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
@@ -113,7 +120,7 @@ def attribute_scores(caption: str, scene) -> tuple[float, float | None]:
     words = _words(caption)
     present = set(words)
     recall = float(np.mean([o.colour in present and o.shape in present for o in scene.objects]))
-    named = [(a, b) for a, b in zip(words, words[1:]) if a in COLOURS and b in SHAPES]
+    named = [(a, b) for a, b in itertools.pairwise(words) if a in COLOURS and b in SHAPES]
     truth = {(o.colour, o.shape) for o in scene.objects}
     precision = float(np.mean([pair in truth for pair in named])) if named else None
     return recall, precision
@@ -132,7 +139,7 @@ def caption(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Attribute recall and precision of greedy captions of held-out scenes."""
     _needs_images(model, "caption")
     spec, samples = _eval_scenes(model, spec)
-    generated = model.caption([s.image for s in samples])
+    generated = [first_sentence(text) for text in model.caption([s.image for s in samples])]
     scores = [attribute_scores(text, s.meta["scene"]) for text, s in zip(generated, samples)]
     precisions = [p for _, p in scores if p is not None]
     result = {
