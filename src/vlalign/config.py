@@ -32,6 +32,9 @@ class DataConfig:
     fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
     order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+    # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
+    # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
+    normalization: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -41,6 +44,8 @@ class VisionConfig:
     in_channels: int = 3
     patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
     pool: str = "cls"  # "cls" | "mean"
+    channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
+    channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
 
 
 @dataclass(kw_only=True)
@@ -56,11 +61,12 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
+    num_classes: int = 0  # > 0 adds a linear classifier on the pooled image feature (objective "supervised")
 
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid)
+    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "supervised" (class labels)
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
 
 
@@ -111,10 +117,13 @@ class RunConfig:
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact",),
+    "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel"),
     "model.vision.pool": ("cls", "mean"),
+    "model.vision.channel_sampling": ("none", "hcs"),
+    "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.text.pool": ("eot", "mean"),
-    "objective.name": ("clip", "siglip"),
+    "objective.name": ("clip", "siglip", "supervised"),
     "train.nonfinite_policy": ("error", "skip"),
 }
 
@@ -169,6 +178,11 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
             f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
             f"model.vision.patch_size ({cfg.model.vision.patch_size})."
         )
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"Config key 'model.num_classes' in {source} must be >= 0, got {cfg.model.num_classes}.")
+    if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:
+        raise ConfigError(f"In {source}: objective.name=supervised needs a classification head; set model.num_classes "
+                          "to the number of classes of the training data.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     return cfg
