@@ -9,9 +9,18 @@ import torch.nn.functional as F
 
 from vlalign.config import ModelConfig, apply_overrides
 from vlalign.errors import ConfigError, DataError
-from vlalign.eval.channels import SAMPLED_PER_SIZE, channel_subsets, subset_accuracies, summarise
+from vlalign.eval.channels import (
+    SAMPLED_PER_SIZE,
+    channel_subsets,
+    subset_accuracies,
+    summarise,
+)
 from vlalign.models import build_model
-from vlalign.models.channel_sampling import MISSING, HierarchicalChannelSampling, fill_missing_channels
+from vlalign.models.channel_sampling import (
+    MISSING,
+    HierarchicalChannelSampling,
+    fill_missing_channels,
+)
 from vlalign.models.channel_vit import ChannelPatchEmbed
 from vlalign.models.vit import PatchEmbed
 from vlalign.objectives.supervised import classification_loss
@@ -233,3 +242,41 @@ def test_tiny_channelvit_trains_and_evaluates_channel_subsets(tmp_path, tiny_cfg
     assert "round+angular+pointed+brightness+warmth" in row["subsets"]
     assert 0 <= row["mean"] <= 1 and result.figures
     assert json.loads((tmp_path / "eval.json").read_text())["results"][0]["task"] == "channels"
+
+
+class ArraySource:
+    """A minimal map-style source over fixed arrays."""
+
+    def __init__(self, arrays):
+        self.arrays, self.name, self.classes, self.channel_names = arrays, "arrays", None, ("grey",)
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def __getitem__(self, i):
+        from vlalign.data.sample import Sample
+
+        return Sample(key=str(i), image=self.arrays[i], caption="a picture")
+
+
+def test_per_channel_statistics_match_numpy():
+    import numpy as np
+
+    from vlalign.data.transforms import channel_statistics
+
+    arrays = [np.random.default_rng(i).integers(0, 255, (3, 4, 4)).astype(np.uint8) for i in range(5)]
+    mean, std = channel_statistics(ArraySource(arrays))
+    stack = np.stack(arrays).astype(np.float64)
+    assert np.allclose(mean, stack.mean(axis=(0, 2, 3))) and np.allclose(std, stack.std(axis=(0, 2, 3)))
+
+
+def test_batch_channel_ids_follow_the_transformed_images():
+    import numpy as np
+
+    from vlalign.data.loader import collate
+    from vlalign.data.tokenizer import train_tokenizer
+    from vlalign.data.transforms import ImageTransform
+
+    source = ArraySource([np.zeros((1, 8, 8), np.uint8)] * 2)  # greyscale into an RGB tower
+    batch = collate(source, [0, 1], train_tokenizer(["a picture"] * 4, 260), 8, ImageTransform(8, 3))
+    assert batch["images"].shape[1] == 3 and batch["channel_ids"].tolist() == [[0, 1, 2]] * 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
