@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html into the run directory and prints the results as JSON.")
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, mir")
+                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, mir, channels, fdt-codes")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
 
     bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",

@@ -33,6 +33,9 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
     cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
     order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+    # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
+    # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
+    normalization: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -42,6 +45,8 @@ class VisionConfig:
     in_channels: int = 3
     patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
     pool: str = "cls"  # "cls" | "mean"
+    channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
+    channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
 
 
 @dataclass(kw_only=True)
@@ -84,11 +89,12 @@ class ModelConfig:
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    num_classes: int = 0  # > 0 adds a linear classifier on the pooled image feature (objective "supervised")
 
 
 @dataclass(kw_only=True)
 class ObjectiveConfig:
-    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid)
+    name: str = "clip"  # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "supervised" (class labels)
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
 
 
@@ -139,14 +145,17 @@ class RunConfig:
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact",),
+    "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel"),
     "model.vision.pool": ("cls", "mean"),
+    "model.vision.channel_sampling": ("none", "hcs"),
+    "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.text.pool": ("eot", "mean"),
     "model.head": ("projection", "fdt"),
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
-    "objective.name": ("clip", "siglip", "fdt"),
+    "objective.name": ("clip", "siglip", "fdt", "supervised"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
 }
@@ -202,6 +211,11 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
             f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
             f"model.vision.patch_size ({cfg.model.vision.patch_size})."
         )
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"Config key 'model.num_classes' in {source} must be >= 0, got {cfg.model.num_classes}.")
+    if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:
+        raise ConfigError(f"In {source}: objective.name=supervised needs a classification head; set model.num_classes "
+                          "to the number of classes of the training data.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     return cfg

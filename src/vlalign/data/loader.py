@@ -106,9 +106,11 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
         return {"images": None, "skipped": skips, "n_seen": len(indices)}
     captions = [s.caption for s in samples]
     ids, mask = tokenizer(captions, context_length)
-    channel_ids = torch.arange(samples[0].image.shape[0]).expand(len(samples), -1)
+    images = transform([s.image for s in samples])  # [B, C, H, W]
+    # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).
+    channel_ids = torch.arange(images.shape[1]).expand(len(samples), -1)
     return {
-        "images": transform([s.image for s in samples]),  # [B, C, H, W]
+        "images": images,  # [B, C, H, W]
         "channel_ids": channel_ids,  # [B, C] original channel indices
         "text_ids": ids,  # [B, L]
         "text_mask": mask,  # [B, L]

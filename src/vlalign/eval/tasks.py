@@ -17,6 +17,7 @@ from vlalign.data.sample import CorruptSample, Source
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
+from vlalign.eval.channels import channel_subsets, subset_accuracies, summarise
 from vlalign.eval.retrieval import retrieval_metrics
 from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
 
@@ -138,6 +139,45 @@ def retrieval(model: Aligner, spec: str | None) -> TaskResult:
     top = sim.topk(min(5, len(images)), dim=1).indices.tolist()
     grid = plots.retrieval_grid(captions[:8], plots.display_images(np.stack(images)), top, list(range(8)))
     return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})
+
+
+@task("channels")
+def channels(model: Aligner, spec: str | None) -> TaskResult:
+    """Accuracy on channel subsets (ChannelViT's protocol; which subsets: ``vlalign.eval.channels``).
+
+    Supervised runs are scored by their classification head, contrastive runs by zero-shot
+    prompts (on shapes: the "colour shape" classes). Default data: held-out single-object shapes
+    for a shapes run, else the run's ``data.eval``.
+    """
+    trained_on_shapes = model.config.data.train.startswith("shapes:")
+    spec = spec or (_shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude") if trained_on_shapes
+                    else model.config.data.eval)
+    source = build_source(spec)
+    images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
+    pixels = model.preprocess(images)  # [N, C, H, W], every channel
+    if model.config.objective.name == "supervised":
+        method, score = "head", model.model.classify_image
+    else:
+        is_shapes = hasattr(source, "scene")
+        _, prompts, set_labels = (_shapes_label_sets(samples)["shape+colour"] if is_shapes
+                                  else _generic_label_set(source)["class"])
+        labels = labels if set_labels is None else set_labels
+        class_embeds = class_embeddings(model.encode_text, prompts)  # [K, E]
+        method = "zeroshot"
+
+        def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            return model.model.encode_image(x, ids) @ class_embeds.t()
+
+    labels = torch.tensor(labels)
+    if (labels < 0).any():
+        raise DataError(f"The channels task needs labelled data; {source.name} has unlabelled samples.")
+    accuracies = subset_accuracies(score, pixels, labels, channel_subsets(pixels.shape[1]),
+                                   model.config.eval.batch_size)
+    summary = summarise(accuracies, list(source.channel_names))
+    figure = plots.channel_subset_accuracy(summary["by_size"], summary["subsets"],
+                                           f"channel subsets ({method}), {source.name}")
+    return TaskResult([{"task": "channels", "data": spec, "method": method, "n": int(labels.numel()), **summary}],
+                      {"channels: accuracy per number of channels": figure})
 
 
 def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> TaskResult:

@@ -14,6 +14,7 @@ from vlalign.config import ObjectiveConfig
 from vlalign.errors import ConfigError
 from vlalign.models.dual_encoder import AlignmentOutput
 from vlalign.objectives.contrastive import clip_loss, siglip_loss
+from vlalign.objectives.supervised import classification_loss
 
 Objective = Callable[[AlignmentOutput, dict], tuple[torch.Tensor, dict[str, float]]]
 OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
@@ -62,5 +63,21 @@ def fdt_objective(cfg: ObjectiveConfig) -> Objective:
         loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
         stats = code_usage_stats(out.extras["image_fdt_weights"], out.extras["text_fdt_weights"])
         return loss, {"loss/fdt": loss.item(), **stats}
+
+    return objective
+
+
+@register("supervised")
+def supervised_objective(cfg: ObjectiveConfig) -> Objective:
+    """Cross-entropy of the image classifier's logits against ``batch["labels"]``; the text tower is unused."""
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if "class_logits" not in out.extras:
+            raise ConfigError("objective.name=supervised needs a model with a classifier: set model.num_classes.")
+        logits = out.extras["class_logits"]  # [B, K]
+        labels = batch["labels"].to(logits.device)
+        loss = classification_loss(logits, labels)
+        accuracy = (logits.argmax(1) == labels).float().mean().item()
+        return loss, {"loss/supervised": loss.item(), "train_accuracy": accuracy}
 
     return objective

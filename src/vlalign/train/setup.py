@@ -17,7 +17,7 @@ from vlalign.data.loader import Loader
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
-from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
+from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
@@ -70,8 +70,11 @@ def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list
 
 
 def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
-    norm = getattr(source, "normalization", None)  # (mean, std) per channel, for non-8-bit sources
-    mean, std = norm if norm is not None else (None, None)
+    if cfg.data.normalization == "per_channel":
+        mean, std = channel_statistics(source)
+    else:
+        norm = getattr(source, "normalization", None)  # (mean, std) per channel, for non-8-bit sources
+        mean, std = norm if norm is not None else (None, None)
     return ImageTransform(cfg.data.image_size, cfg.model.vision.in_channels, mean, std)
 
 
