@@ -16,3 +16,15 @@ def tiny_cfg():
     cfg.train.checkpoint_every = 3
     cfg.train.log_every = 1
     return cfg
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 20-step run of the tiny recipe through the CLI, in this process: the bitwise
+    reference for resumed runs, and a finished run directory to copy (see reliability_helpers.RUN)."""
+    from reliability_helpers import train_argv
+    from vlalign.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(train_argv(out)) == 0
+    return out
