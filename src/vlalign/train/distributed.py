@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -224,6 +225,8 @@ class FullyShard(Replicate):
                     fully_shard(block, mesh=mesh)
         scalars = {p for p in model.parameters() if p.ndim == 0}
         fully_shard(model, mesh=mesh, ignored_params=scalars)
+        # The output dataclass holds views (e.g. patch tokens of the final norm); nothing writes to them in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         self.replicated = [p for p in model.parameters() if p.ndim == 0]
         return model
 
@@ -243,13 +246,26 @@ class FullyShard(Replicate):
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load(self, model, optimizer, model_state: dict, optimizer_state: dict, where: str) -> None:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.tensor import distribute_tensor
 
         _check_keys(model_state, model.state_dict(), where)
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(model, model_state, options=options)
-        set_optimizer_state_dict(model, optimizer, by_name(model, optimizer, optimizer_state), options=options)
+        set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+        # Shard each full optimizer tensor like its parameter. (DCP's set_optimizer_state_dict would
+        # first run a fake step that creates state for parameters that never had a gradient, e.g.
+        # CLIP's unused logit bias, so a resumed run's optimizer state would differ from the original.)
+        params = dict(model.named_parameters())
+        state = by_name(model, optimizer, optimizer_state)
+        sharded = {}
+        for name, entries in state["state"].items():
+            p = params[name]
+            sharded[name] = {k: distribute_tensor(v, p.device_mesh, p.placements)
+                             if hasattr(p, "device_mesh") and torch.is_tensor(v) and v.shape == p.shape else v
+                             for k, v in entries.items()}
+        try:
+            optimizer.load_state_dict(by_index(model, optimizer, {**state, "state": sharded}))
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"Checkpoint {where} does not fit the optimizer: {err}") from None
 
 
 STRATEGIES = {"replicate": Replicate, "fsdp": FullyShard}
