@@ -83,6 +83,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or Path("runs") / cfg.name)
     if args.resume and latest_checkpoint(out / "checkpoints") is None:
         raise VlalignError(f"--resume: {out} has no complete checkpoint to resume from. Drop --resume to start fresh.")
+    if args.nproc < 1:
+        raise VlalignError(f"--nproc must be at least 1, got {args.nproc}.")
     if args.nproc > 1 and env_world_size() == 1:  # the launcher: the ranks rerun this command without --nproc
         return launch(without_option(args.argv, "--nproc"), args.nproc)
     with process_group():
