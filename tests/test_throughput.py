@@ -35,15 +35,15 @@ def test_counting_flops_draws_no_random_numbers():
 def test_the_matmul_peak_is_probed_once_per_machine_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("VLALIGN_CACHE_DIR", str(tmp_path))
     probes = []
-    monkeypatch.setattr(metrics, "probe_matmul_peak", lambda: probes.append(1) or 1.5e11)
+    monkeypatch.setattr(metrics, "probe_matmul_peak", lambda device: probes.append(device) or 1.5e11)
     assert matmul_peak_flops() == 1.5e11 and matmul_peak_flops() == 1.5e11
-    assert len(probes) == 1
+    assert probes == ["cpu"]
     assert json.loads((tmp_path / "peak.json").read_text()) == {machine_key(): 1.5e11}
     assert f"threads={torch.get_num_threads()}" in machine_key()
 
 
 def test_the_real_probe_measures_a_plausible_rate():
-    assert 1e8 < metrics.probe_matmul_peak(repeats=1) < 1e16
+    assert 1e8 < metrics.probe_matmul_peak("cpu", repeats=1) < 1e16
 
 
 def test_every_logged_step_has_throughput_fields(reference_run):

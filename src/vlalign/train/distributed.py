@@ -3,7 +3,7 @@
 ``vlalign train --nproc N ...`` starts N copies of the same command with the environment torchrun
 sets (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so
 ``torchrun --nproc_per_node=N -m vlalign train ...`` and ``--nproc N`` run the same code.
-``process_group()`` joins the group those variables describe: gloo on CPU, nccl on CUDA.
+``process_group()`` joins the group those variables describe: gloo for CPU tensors, nccl for CUDA ones.
 
 Strategies (``train.parallel``):
 
@@ -69,9 +69,10 @@ def process_group() -> Iterator[None]:
         yield
         return
     rank, world = int(os.environ.get("RANK", "0")), env_world_size()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "gloo"
+    if torch.cuda.is_available():  # collectives go to gloo for CPU tensors, nccl for CUDA ones
+        backend = "cpu:gloo,cuda:nccl"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
         tdist.init_process_group(backend)
@@ -217,8 +218,7 @@ class FullyShard(Replicate):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        mesh = init_device_mesh(device, (dist.world_size(),))
+        mesh = init_device_mesh(next(model.parameters()).device.type, (dist.world_size(),))
         for module in list(model.modules()):
             if isinstance(module, nn.ModuleList):
                 for block in module:

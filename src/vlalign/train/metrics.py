@@ -66,7 +66,7 @@ class Throughput:
     def measure_model(self, model: nn.Module, batch: dict) -> None:
         """Count FLOPs per sample once (all ranks together: sharded models gather inside forward)."""
         self.flops_per_sample = count_flops_per_sample(model, batch)
-        self.peak = matmul_peak_flops() * self.world
+        self.peak = matmul_peak_flops(next(model.parameters()).device.type) * self.world
 
     def record(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.start
@@ -103,9 +103,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLALIGN_CACHE_DIR") or Path.home() / ".cache" / "vlalign")
 
 
-def machine_key() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_model()
-    return f"{device}|threads={torch.get_num_threads()}|torch={torch.__version__}|fp32"
+def machine_key(device: str = "cpu") -> str:
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{_cpu_model()}|threads={torch.get_num_threads()}"
+    return f"{name}|torch={torch.__version__}|fp32"
 
 
 def _cpu_model() -> str:
@@ -118,16 +118,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_peak_flops() -> float:
-    """fp32 matmul FLOP/s of this machine at this thread count: probed once, then read from the cache."""
+def matmul_peak_flops(device: str = "cpu") -> float:
+    """fp32 matmul FLOP/s of ``device`` (at this thread count on CPU): probed once, then read from the cache."""
     path = cache_dir() / "peak.json"
-    key = machine_key()
+    key = machine_key(device)
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = probe_matmul_peak()
+        cache[key] = probe_matmul_peak(device)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -138,9 +138,8 @@ def matmul_peak_flops() -> float:
     return cache[key]
 
 
-def probe_matmul_peak(repeats: int = 5) -> float:
+def probe_matmul_peak(device: str = "cpu", repeats: int = 5) -> float:
     """Best of ``repeats`` square fp32 matmuls (2 n^3 FLOPs each)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     n = PEAK_PROBE_SIZE[device]
     generator = torch.Generator(device).manual_seed(0)  # never the global RNG
     a = torch.randn(n, n, device=device, generator=generator)
