@@ -18,6 +18,13 @@ def tiny_cfg():
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Runs measure the matmul peak once per machine; on a busy test machine that number is low, so
+    keep it out of the user's ~/.cache/vlalign (subprocesses inherit the variable)."""
+    os.environ["VLALIGN_CACHE_DIR"] = str(tmp_path_factory.mktemp("vlalign-cache"))
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
     """An uninterrupted 20-step run of the tiny recipe through the CLI, in this process: the bitwise

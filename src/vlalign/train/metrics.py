@@ -138,8 +138,9 @@ def matmul_peak_flops(device: str = "cpu") -> float:
     return cache[key]
 
 
-def probe_matmul_peak(device: str = "cpu", repeats: int = 5) -> float:
-    """Best of ``repeats`` square fp32 matmuls (2 n^3 FLOPs each)."""
+def probe_matmul_peak(device: str = "cpu", repeats: int = 10) -> float:
+    """Best of ``repeats`` square fp32 matmuls (2 n^3 FLOPs each). Measured on a busy machine this is
+    low; delete the cache file to measure again."""
     n = PEAK_PROBE_SIZE[device]
     generator = torch.Generator(device).manual_seed(0)  # never the global RNG
     a = torch.randn(n, n, device=device, generator=generator)
