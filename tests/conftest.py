@@ -30,6 +30,7 @@ def reference_run(tmp_path_factory):
     """An uninterrupted 20-step run of the tiny recipe through the CLI, in this process: the bitwise
     reference for resumed runs, and a finished run directory to copy (see reliability_helpers.RUN)."""
     from reliability_helpers import train_argv
+
     from vlalign.cli import main
 
     out = tmp_path_factory.mktemp("reference") / "run"

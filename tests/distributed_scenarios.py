@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import torch
+from reliability_helpers import RUN
 from safetensors.torch import save_file
 
-from reliability_helpers import RUN
 from vlalign import dist
 from vlalign.config import ModelConfig, ObjectiveConfig, apply_overrides
 from vlalign.errors import NonFiniteError

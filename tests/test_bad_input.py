@@ -9,8 +9,8 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reliability_helpers import train_argv
+
 from vlalign.cli import main
 from vlalign.config import apply_overrides, to_dict
 from vlalign.data.specs import SOURCES, build_source

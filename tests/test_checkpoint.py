@@ -2,8 +2,14 @@ import json
 
 import torch
 
-from vlalign.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from vlalign.checkpoint import (
+    complete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def model_and_optimizer():

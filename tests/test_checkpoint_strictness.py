@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import RUN, assert_same_checkpoint, train_argv
 from safetensors import safe_open
 
-from reliability_helpers import RUN, assert_same_checkpoint, train_argv
-from vlalign.checkpoint import (REQUIRED_FILES, REQUIRED_KEYS, REQUIRED_RANK_KEYS, REQUIRED_RNG_KEYS,
-                                complete_checkpoints, load_checkpoint)
+from vlalign.checkpoint import (
+    REQUIRED_FILES,
+    REQUIRED_KEYS,
+    REQUIRED_RANK_KEYS,
+    REQUIRED_RNG_KEYS,
+    complete_checkpoints,
+    load_checkpoint,
+)
 from vlalign.cli import main
 from vlalign.config import OptimConfig, apply_overrides
 from vlalign.data.loader import Loader

@@ -11,19 +11,27 @@ import os
 import signal
 import sys
 
+import distributed_scenarios as scenarios
 import pytest
 import torch
+from reliability_helpers import (
+    assert_same_checkpoint,
+    logged_steps,
+    losses,
+    rank_pid,
+    run,
+    start,
+    train_argv,
+    wait_for_step,
+)
 from safetensors.torch import load_file
 
-import distributed_scenarios as scenarios
-from reliability_helpers import (assert_same_checkpoint, logged_steps, losses, rank_pid, run, start, train_argv,
-                                 wait_for_step)
 from vlalign.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
 from vlalign.config import ObjectiveConfig
 from vlalign.objectives import build_objective
 from vlalign.train.distributed import Replicate, free_port
 from vlalign.train.optim import build_optimizer
-from vlalign.train.step import TrainState, clamp_logit_scale, forward_backward, train_step
+from vlalign.train.step import TrainState, forward_backward, train_step
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_helpers import (
+    RUN,
+    assert_same_checkpoint,
+    kill,
+    logged_steps,
+    losses,
+    start,
+    train_argv,
+    wait_for_step,
+)
 
-from reliability_helpers import RUN, assert_same_checkpoint, kill, logged_steps, losses, start, train_argv, wait_for_step
 from vlalign.checkpoint import complete_checkpoints, latest_checkpoint
 from vlalign.cli import main
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from distributed_scenarios import global_batch, micro_model
 from torch.utils.flop_counter import FlopCounterMode
 
-import vlalign.train.metrics as metrics
-from distributed_scenarios import global_batch, micro_model
+from vlalign.train import metrics
 from vlalign.train.metrics import count_flops_per_sample, machine_key, matmul_peak_flops
 
 

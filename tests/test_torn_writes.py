@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 import torch
+from reliability_helpers import train_argv
 from safetensors.torch import save
 
 import vlalign.checkpoint as ckpt
-from reliability_helpers import train_argv
 from vlalign.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlalign.cli import main
 

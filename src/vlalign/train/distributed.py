@@ -34,8 +34,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.distributed as tdist
@@ -125,8 +125,13 @@ def launch(argv: list[str], nproc: int) -> int:
     if nproc < 1:
         raise VlalignError(f"--nproc must be at least 1, got {nproc}.")
     if "MASTER_PORT" in os.environ:
-        check_port_free(int(os.environ["MASTER_PORT"]))
-    port = int(os.environ.get("MASTER_PORT", 0)) or free_port()
+        if not os.environ["MASTER_PORT"].isdigit():
+            raise VlalignError(f"MASTER_PORT={os.environ['MASTER_PORT']!r} is not a port number. Unset it (a free "
+                               "port is then chosen) or set it to a free port.")
+        port = int(os.environ["MASTER_PORT"])
+        check_port_free(port)
+    else:
+        port = free_port()
     workers = []
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),

@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
