@@ -121,6 +121,8 @@ class TrainConfig:
     deterministic: bool = True
     nonfinite_policy: str = "error"  # "error" | "skip"
     max_consecutive_nonfinite: int = 3
+    accum_steps: int = 1  # micro-batches per step (GradCache: exact for contrastive losses)
+    parallel: str = "replicate"  # multi-process: "replicate" (all-reduce gradients) | "fsdp" (FSDP2 sharding)
 
 
 @dataclass(kw_only=True)
@@ -158,6 +160,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.name": ("clip", "siglip", "fdt", "supervised"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
+    "train.parallel": ("replicate", "fsdp"),
 }
 
 # Fields that change the shape of a saved tensor or the meaning of a token: resuming with a
@@ -202,7 +205,8 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
                 f"Config key '{path}' in {source} is '{value}', which is not one of: {', '.join(allowed)}."
             )
     positive = ("data.image_size", "data.batch_size", "data.context_length", "train.steps", "model.embed_dim",
-                "model.vision.patch_size", "model.vision.in_channels", "model.text.vocab_size")
+                "model.vision.patch_size", "model.vision.in_channels", "model.text.vocab_size", "train.accum_steps",
+                "train.log_every", "train.checkpoint_every")
     for path in positive:
         if get_path(cfg, path) <= 0:
             raise ConfigError(f"Config key '{path}' in {source} must be positive, got {get_path(cfg, path)}.")
@@ -216,6 +220,9 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:
         raise ConfigError(f"In {source}: objective.name=supervised needs a classification head; set model.num_classes "
                           "to the number of classes of the training data.")
+    if cfg.data.batch_size % cfg.train.accum_steps:
+        raise ConfigError(f"In {source}: data.batch_size ({cfg.data.batch_size}) must be a multiple of "
+                          f"train.accum_steps ({cfg.train.accum_steps}).")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     return cfg

@@ -151,8 +151,12 @@ class Loader:
             dataset = _BatchesOfEpoch(self.source, order, self.batch_size, self.tokenizer, self.context_length,
                                       self.transform)
             remaining = range(self.next_batch, len(dataset))
+            # Its own generator: creating a DataLoader iterator draws a seed, and from the global RNG
+            # that draw would differ between a resumed run and an uninterrupted one.
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank)
             loader = DataLoader(dataset, batch_size=None, sampler=remaining, num_workers=self.num_workers,
-                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+                                generator=generator)
             for batch in loader:
                 self.next_batch += 1
                 self.skips.add(batch["n_seen"], batch["skipped"])

@@ -2,6 +2,8 @@
 
 Register a new one with ``@register("name")``; ``build_objective(cfg)`` picks it by
 ``objective.name``. Every registered objective is exercised by one parametrized test.
+``embeddings_only=True`` declares that the loss reads only the image/text embeddings and the logit
+scale/bias of the output, which is what GradCache accumulation (``train.accum_steps``) caches.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from vlalign.objectives.supervised import classification_loss
 
 Objective = Callable[[AlignmentOutput, dict], tuple[torch.Tensor, dict[str, float]]]
 OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
+EMBEDDING_OBJECTIVES: set[str] = set()
 
 
-def register(name: str):
+def register(name: str, embeddings_only: bool = False):
     def wrap(factory: Callable[[ObjectiveConfig], Objective]):
         OBJECTIVES[name] = factory
+        if embeddings_only:
+            EMBEDDING_OBJECTIVES.add(name)
         return factory
 
     return wrap
@@ -34,7 +39,7 @@ def build_objective(cfg: ObjectiveConfig) -> Objective:
     return OBJECTIVES[cfg.name](cfg)
 
 
-@register("clip")
+@register("clip", embeddings_only=True)
 def clip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
@@ -43,7 +48,7 @@ def clip_objective(cfg: ObjectiveConfig) -> Objective:
     return objective
 
 
-@register("siglip")
+@register("siglip", embeddings_only=True)
 def siglip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)

@@ -39,6 +39,13 @@ def seed_everything(seed: int, deterministic: bool, threads: int = 0) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def resolve_threads(threads: int, local_world: int) -> int:
+    """``train.threads``; 0 means all cores, shared evenly between the processes on this machine."""
+    if threads > 0 or local_world <= 1:
+        return threads
+    return max(1, (os.cpu_count() or 1) // local_world)
+
+
 def subset(source: Source, fraction: float, seed: int) -> Source:
     """A deterministic ``fraction`` of ``source`` (the same samples for the same seed)."""
     if fraction >= 1.0:
