@@ -16,7 +16,7 @@ from torch import nn
 
 from vlalign import dist
 from vlalign.config import RunConfig
-from vlalign.errors import NonFiniteError
+from vlalign.errors import NonFiniteError, OutOfMemory
 from vlalign.models.dual_encoder import AlignmentOutput
 from vlalign.train.optim import clip_gradients, global_norm, lr_at, set_lr
 
@@ -111,7 +111,11 @@ def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, ba
     """One step; returns its metrics, or None when a non-finite step was skipped (policy "skip")."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss, metrics = forward_backward(model, objective, batch, cfg.train.accum_steps)
+    try:
+        loss, metrics = forward_backward(model, objective, batch, cfg.train.accum_steps)
+    except torch.OutOfMemoryError as err:
+        optimizer.zero_grad(set_to_none=True)
+        raise out_of_memory(state, cfg, batch) from err
     strategy.reduce_gradients(model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     grad_norm = global_norm(grads)
@@ -133,6 +137,17 @@ def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, ba
     if hasattr(model, "logit_scale"):
         record["logit_scale"] = model.logit_scale.exp().item()
     return record | metrics
+
+
+def out_of_memory(state: TrainState, cfg: RunConfig, batch: dict) -> OutOfMemory:
+    """A readable OOM: where, with what batch, and what to change. The weights were not updated."""
+    per_device = batch["images"].shape[0]
+    return OutOfMemory(
+        f"Out of memory at step {state.step + 1} with a per-device batch of {per_device} "
+        f"(data.batch_size={cfg.data.batch_size} over {dist.world_size()} process(es), "
+        f"train.accum_steps={cfg.train.accum_steps}, image size {cfg.data.image_size}). Nothing of this step was "
+        "applied or saved. Raise train.accum_steps (contrastive losses stay exact: features are cached, "
+        "GradCache-style) or lower data.batch_size, then rerun the same command to resume from the last checkpoint.")
 
 
 def handle_nonfinite(state: TrainState, cfg: RunConfig, loss: float, grad_norm: float) -> None:
