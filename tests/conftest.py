@@ -30,3 +30,23 @@ def trained_tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny-run")
     run_training(cfg, run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Runs measure the matmul peak once per machine; on a busy test machine that number is low, so
+    keep it out of the user's ~/.cache/vlalign (subprocesses inherit the variable)."""
+    os.environ["VLALIGN_CACHE_DIR"] = str(tmp_path_factory.mktemp("vlalign-cache"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 20-step run of the tiny recipe through the CLI, in this process: the bitwise
+    reference for resumed runs, and a finished run directory to copy (see reliability_helpers.RUN)."""
+    from reliability_helpers import train_argv
+
+    from vlalign.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(train_argv(out)) == 0
+    return out

@@ -23,8 +23,9 @@ from vlalign.models import build_model
 from vlalign.models.transfer import load_matching_weights
 from vlalign.objectives import OBJECTIVES, build_objective
 from vlalign.objectives.cgvlm import image_sentence_similarity, patch_token_contrastive_loss
+from vlalign.train.distributed import build_strategy
 from vlalign.train.optim import build_optimizer
-from vlalign.train.trainer import TrainState, train_step
+from vlalign.train.step import TrainState, train_step
 
 GENERATIVE = ("generative", "cgvlm")
 
@@ -154,10 +155,23 @@ def test_frozen_modules_stay_fixed_across_a_step_while_the_connector_learns(worl
     model.freeze(cfg.model.vlm.freeze)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_step(model, build_objective(cfg.objective), build_optimizer(model, cfg.optim), qa_batch(world, tokenizer),
-               TrainState(), cfg)
+               TrainState(), cfg, build_strategy("replicate"))
     after = model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"connector", "logit_scale"}
+
+
+@pytest.mark.parametrize("patch_embed", ["standard", "channel"])
+def test_any_registered_patch_embedding_feeds_the_prefix(patch_embed, world, tokenizer):
+    cfg = vlm_config()
+    cfg.model.vision.patch_embed = patch_embed
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, tokenizer.vocab_size, 40)
+    batch = qa_batch(world, tokenizer, n=2)
+    out = model(batch["images"], batch["text_ids"], batch["text_mask"], batch["channel_ids"])
+    tokens = 16 * (3 if patch_embed == "channel" else 1)  # ChannelViT: one token per channel and patch
+    assert out.prefix_len == tokens and out.image_tokens.shape == (2, tokens, model.decoder.cfg.width)
+    assert torch.isfinite(out.logits).all()
 
 
 def test_text_only_language_model_reads_text_at_the_positions_images_will_take(world, tokenizer):
@@ -210,7 +224,7 @@ def test_init_from_copies_matching_module_weights_and_refuses_mismatches(tmp_pat
     run = tmp_path / "clip"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(to_dict(clip_cfg)))
-    save_checkpoint(run / "checkpoints", 1, clip, None, {})
+    save_checkpoint(run / "checkpoints", 1, clip.state_dict(), None, {})
     model = tiny_vlm(tokenizer)
     origin = load_matching_weights(model, [str(run)])
     assert origin == {"vision": str(run)}

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     train.add_argument("--resume", action="store_true",
                        help="require an existing checkpoint in --out to resume from (resuming is automatic anyway)")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N processes on this machine (as torchrun --nproc_per_node=N; gloo on CPU)")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
                     "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, "
-                    "mir; for generative runs vqa, caption, alignment, text-qa")
+                    "mir, channels, fdt-codes; for generative runs vqa, caption, alignment, text-qa")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
 
     bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",
@@ -123,20 +125,31 @@ def add_use_commands(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from vlalign import dist
     from vlalign.api import load
+    from vlalign.checkpoint import latest_checkpoint
     from vlalign.config import apply_overrides, load_yaml
     from vlalign.eval import evaluate
     from vlalign.recipes import DEFAULT_RECIPE, get_recipe
     from vlalign.train import run_training
+    from vlalign.train.distributed import env_world_size, launch, process_group
 
     cfg = get_recipe(args.recipe or DEFAULT_RECIPE)
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     cfg = apply_overrides(cfg, args.overrides)
     out = Path(args.out or Path("runs") / cfg.name)
-    if args.resume and not (out / "checkpoints").is_dir():
-        raise VlalignError(f"--resume: {out} has no checkpoints to resume from. Drop --resume to start fresh.")
-    state = run_training(cfg, out, progress=not args.quiet)
+    if args.resume and latest_checkpoint(out / "checkpoints") is None:
+        raise VlalignError(f"--resume: {out} has no complete checkpoint to resume from. Drop --resume to start fresh.")
+    if args.nproc < 1:
+        raise VlalignError(f"--nproc must be at least 1, got {args.nproc}.")
+    if args.nproc > 1 and env_world_size() == 1:  # the launcher: the ranks rerun this command without --nproc
+        return launch(without_option(args.argv, "--nproc"), args.nproc)
+    with process_group():
+        state = run_training(cfg, out, progress=not args.quiet)
+        is_main = dist.is_main()
+    if not is_main:
+        return 0
     print(f"trained {state.step} steps -> {out}")
     if args.no_eval or not cfg.eval.tasks:
         return 0
@@ -279,6 +292,19 @@ def print_summary(results: list[dict], stream=sys.stdout) -> None:
     print(line, file=stream)
 
 
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` minus ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(name + "="):
+            out.append(item)
+    return out
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
             "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export}
 
@@ -286,6 +312,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "c
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except VlalignError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -33,6 +33,9 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
     cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
     order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+    # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
+    # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
+    normalization: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -42,6 +45,8 @@ class VisionConfig:
     in_channels: int = 3
     patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
     pool: str = "cls"  # "cls" | "mean"
+    channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
+    channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
 
 
 @dataclass(kw_only=True)
@@ -97,6 +102,7 @@ class ModelConfig:
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    num_classes: int = 0  # > 0 adds a linear classifier on the pooled image feature (objective "supervised")
     # Run directories whose newest checkpoint initialises this model, in order: every weight whose
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
@@ -105,7 +111,8 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class ObjectiveConfig:
     # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "fdt" (InfoNCE on FDT features)
-    # | "generative" (next-token loss on targets) | "cgvlm" (generative + patch-token contrastive, METHODS.md §3.3)
+    # | "supervised" (class labels) | "generative" (next-token loss on targets)
+    # | "cgvlm" (generative + patch-token contrastive, METHODS.md §3.3)
     name: str = "clip"
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
     contrastive_weight: float = 1.0  # cgvlm: λ in L = L_gen + λ·L_con (unknown in the paper; 0 = captioning only)
@@ -135,6 +142,8 @@ class TrainConfig:
     deterministic: bool = True
     nonfinite_policy: str = "error"  # "error" | "skip"
     max_consecutive_nonfinite: int = 3
+    accum_steps: int = 1  # micro-batches per step (GradCache: exact for contrastive losses)
+    parallel: str = "replicate"  # multi-process: "replicate" (all-reduce gradients) | "fsdp" (FSDP2 sharding)
 
 
 @dataclass(kw_only=True)
@@ -161,19 +170,23 @@ class RunConfig:
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact",),
+    "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel"),
     "model.arch": ("dual-encoder", "lm", "vlm"),
     "model.vision.pool": ("cls", "mean"),
+    "model.vision.channel_sampling": ("none", "hcs"),
+    "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
     "model.head": ("projection", "fdt"),
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
-    "objective.name": ("clip", "siglip", "fdt", "generative", "cgvlm"),
+    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
+    "train.parallel": ("replicate", "fsdp"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
@@ -222,7 +235,8 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
                 f"Config key '{path}' in {source} is '{value}', which is not one of: {', '.join(allowed)}."
             )
     positive = ("data.image_size", "data.batch_size", "data.context_length", "train.steps", "model.embed_dim",
-                "model.vision.patch_size", "model.vision.in_channels", "model.text.vocab_size")
+                "model.vision.patch_size", "model.vision.in_channels", "model.text.vocab_size", "train.accum_steps",
+                "train.log_every", "train.checkpoint_every")
     for path in positive:
         if get_path(cfg, path) <= 0:
             raise ConfigError(f"Config key '{path}' in {source} must be positive, got {get_path(cfg, path)}.")
@@ -231,6 +245,14 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
             f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
             f"model.vision.patch_size ({cfg.model.vision.patch_size})."
         )
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"Config key 'model.num_classes' in {source} must be >= 0, got {cfg.model.num_classes}.")
+    if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:
+        raise ConfigError(f"In {source}: objective.name=supervised needs a classification head; set model.num_classes "
+                          "to the number of classes of the training data.")
+    if cfg.data.batch_size % cfg.train.accum_steps:
+        raise ConfigError(f"In {source}: data.batch_size ({cfg.data.batch_size}) must be a multiple of "
+                          f"train.accum_steps ({cfg.train.accum_steps}).")
     _validate_arch(cfg, source)
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
@@ -248,7 +270,8 @@ def _validate_arch(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"In {source}: objective.name '{objective}' trains a language model; "
                           "set model.arch to 'vlm' (or 'lm' for the generative objective).")
     if allowed is not None:
-        dual_only = {"model.head": "projection", "model.adapter.kind": "none", "model.text.tower": "vlalign"}
+        dual_only = {"model.head": "projection", "model.adapter.kind": "none", "model.text.tower": "vlalign",
+                     "model.num_classes": 0}
         for path, default in dual_only.items():
             if get_path(cfg, path) != default:
                 raise ConfigError(f"In {source}: {path} '{get_path(cfg, path)}' applies to the dual encoder only; "

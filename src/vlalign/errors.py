@@ -23,3 +23,9 @@ class CheckpointError(VlalignError):
 
 class NonFiniteError(VlalignError):
     """A NaN or Inf loss or gradient norm, detected before the optimizer step."""
+
+
+class OutOfMemory(VlalignError):
+    """The step did not fit in memory; nothing of it was applied or saved."""
+
+    exit_code = 3

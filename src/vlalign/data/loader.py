@@ -114,9 +114,11 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
         return {"images": None, "skipped": skips, "n_seen": len(indices)}
     captions = [s.caption for s in samples]
     ids, mask = tokenizer(captions, context_length)
-    channel_ids = torch.arange(samples[0].image.shape[0]).expand(len(samples), -1)
+    images = transform([s.image for s in samples])  # [B, C, H, W]
+    # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).
+    channel_ids = torch.arange(images.shape[1]).expand(len(samples), -1)
     return {
-        "images": transform([s.image for s in samples]),  # [B, C, H, W]
+        "images": images,  # [B, C, H, W]
         "channel_ids": channel_ids,  # [B, C] original channel indices
         "text_ids": ids,  # [B, L]
         "text_mask": mask,  # [B, L]
@@ -162,8 +164,12 @@ class Loader:
             dataset = _BatchesOfEpoch(self.source, order, self.batch_size, self.tokenizer, self.context_length,
                                       self.transform, self.collate_fn)
             remaining = range(self.next_batch, len(dataset))
+            # Its own generator: creating a DataLoader iterator draws a seed, and from the global RNG
+            # that draw would differ between a resumed run and an uninterrupted one.
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank)
             loader = DataLoader(dataset, batch_size=None, sampler=remaining, num_workers=self.num_workers,
-                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+                                generator=generator)
             for batch in loader:
                 self.next_batch += 1
                 self.skips.add(batch["n_seen"], batch["skipped"])

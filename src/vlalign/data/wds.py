@@ -29,7 +29,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from vlalign.data.pairs import COMMON_OPTIONS, PairSource, RawPair, boolean_option, split_argument
 from vlalign.data.sample import CorruptSample
@@ -247,7 +247,12 @@ def open_wds(argument: str) -> WebDatasetSource:
     if pattern.endswith(".json"):
         paths, expected, extra = _read_wids_index(pattern, spec)
     else:
-        paths = [p for part in braceexpand(pattern) for p in (sorted(glob.glob(part)) if _is_glob(part) else [part])]
+        try:
+            parts = list(braceexpand(pattern))
+        except UnbalancedBracesError:
+            raise DataError(f"Data spec '{spec}': unbalanced braces in '{pattern}'; write ranges like "
+                            "shards/{000..099}.tar.") from None
+        paths = [p for part in parts for p in (sorted(glob.glob(part)) if _is_glob(part) else [part])]
         expected, extra = [None] * len(paths), {}
     present = [os.path.isfile(p) for p in paths]
     if not any(present):

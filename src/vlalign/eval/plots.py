@@ -90,3 +90,20 @@ def display_images(images: np.ndarray) -> np.ndarray:
         hi = x.max(axis=(0, 2, 3), keepdims=True)
         x = (x - lo) / np.maximum(hi - lo, 1e-6) * 255
     return x.clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def channel_subset_accuracy(by_size: dict[str, float], subsets: dict[str, float], title: str) -> bytes:
+    """Accuracy against the number of channels kept: one dot per subset, a line through the size means."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sizes = [name.count("+") + 1 for name in subsets]
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(sizes))
+    ax.scatter(np.array(sizes) + jitter, list(subsets.values()), s=12, alpha=0.45, color="#718096", label="subset")
+    ax.plot([int(k) for k in by_size], list(by_size.values()), "o-", color="#2b6cb0", label="mean per size")
+    ax.set_xlabel("channels present")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xticks([int(k) for k in by_size])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return to_png(fig)

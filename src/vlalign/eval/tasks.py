@@ -19,6 +19,7 @@ from vlalign.data.sample import CorruptSample, Source
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
+from vlalign.eval.channels import channel_subsets, subset_accuracies, summarise
 from vlalign.eval.retrieval import retrieval_metrics
 from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
 
@@ -75,19 +76,27 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
 
 
 def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
-    """For single-object shapes scenes: label set name -> (class names, prompts per class, labels)."""
-    from vlalign.data.shapes import COLOURS, SHAPES, SIZES
+    """For single-object shapes scenes: label set name -> (class names, prompts per class, labels).
 
-    sizes = list(SIZES)
+    A class's prompts ensemble over what the label leaves open (size, position, and the other
+    attribute), phrased like the training captions: "a small red circle in the top left corner".
+    Prompts without a position are out of distribution for the text tower and cost accuracy.
+    """
+    from vlalign.data.shapes import COLOURS, POSITION_PHRASES, SHAPES, SIZES
+
     shapes_, colours = list(SHAPES), list(COLOURS)
-    combos = [f"{c} {s}" for c in colours for s in shapes_]
+    combos = [(c, s) for c in colours for s in shapes_]
+
+    def prompts(colour_options, shape_options) -> list[str]:
+        return [f"a {z} {c} {s} {where}" for z in SIZES for c in colour_options for s in shape_options
+                for where in POSITION_PHRASES]
+
     return {
-        "shape": (shapes_, [[f"a {z} {c} {s}" for z in sizes for c in colours] for s in shapes_],
-                  [shapes_.index(x.meta["shape"]) for x in samples]),
-        "colour": (colours, [[f"a {z} {c} {s}" for z in sizes for s in shapes_] for c in colours],
+        "shape": (shapes_, [prompts(colours, [s]) for s in shapes_], [shapes_.index(x.meta["shape"]) for x in samples]),
+        "colour": (colours, [prompts([c], shapes_) for c in colours],
                    [colours.index(x.meta["colour"]) for x in samples]),
-        "shape+colour": (combos, [[f"a {z} {c}" for z in sizes] for c in combos],
-                         [combos.index(f"{x.meta['colour']} {x.meta['shape']}") for x in samples]),
+        "shape+colour": ([f"{c} {s}" for c, s in combos], [prompts([c], [s]) for c, s in combos],
+                         [combos.index((x.meta["colour"], x.meta["shape"])) for x in samples]),
     }
 
 
@@ -143,6 +152,45 @@ def retrieval(model: Aligner, spec: str | None) -> TaskResult:
     top = sim.topk(min(5, len(images)), dim=1).indices.tolist()
     grid = plots.retrieval_grid(captions[:8], plots.display_images(np.stack(images)), top, list(range(8)))
     return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})
+
+
+@task("channels")
+def channels(model: Aligner, spec: str | None) -> TaskResult:
+    """Accuracy on channel subsets (ChannelViT's protocol; which subsets: ``vlalign.eval.channels``).
+
+    Supervised runs are scored by their classification head, contrastive runs by zero-shot
+    prompts (on shapes: the "colour shape" classes). Default data: held-out single-object shapes
+    for a shapes run, else the run's ``data.eval``.
+    """
+    trained_on_shapes = model.config.data.train.startswith("shapes:")
+    spec = spec or (_shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude") if trained_on_shapes
+                    else model.config.data.eval)
+    source = build_source(spec)
+    images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
+    pixels = model.preprocess(images)  # [N, C, H, W], every channel
+    if model.config.objective.name == "supervised":
+        method, score = "head", model.model.classify_image
+    else:
+        is_shapes = hasattr(source, "scene")
+        _, prompts, set_labels = (_shapes_label_sets(samples)["shape+colour"] if is_shapes
+                                  else _generic_label_set(source)["class"])
+        labels = labels if set_labels is None else set_labels
+        class_embeds = class_embeddings(model.encode_text, prompts)  # [K, E]
+        method = "zeroshot"
+
+        def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            return model.model.encode_image(x, ids) @ class_embeds.t()
+
+    labels = torch.tensor(labels)
+    if (labels < 0).any():
+        raise DataError(f"The channels task needs labelled data; {source.name} has unlabelled samples.")
+    accuracies = subset_accuracies(score, pixels, labels, channel_subsets(pixels.shape[1]),
+                                   model.config.eval.batch_size)
+    summary = summarise(accuracies, list(source.channel_names))
+    figure = plots.channel_subset_accuracy(summary["by_size"], summary["subsets"],
+                                           f"channel subsets ({method}), {source.name}")
+    return TaskResult([{"task": "channels", "data": spec, "method": method, "n": int(labels.numel()), **summary}],
+                      {"channels: accuracy per number of channels": figure})
 
 
 def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> TaskResult:

@@ -25,7 +25,8 @@ class AlignmentOutput:
     logit_bias: torch.Tensor  # [] used by the sigmoid loss
     vision: VisionFeatures
     text: TextFeatures
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # head-specific outputs (e.g. FDT code weights)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # head-specific outputs (e.g. FDT code weights,
+    # "class_logits" [B, K] from the optional image classifier)
 
 
 class PooledProjection(nn.Module):
@@ -54,13 +55,16 @@ class FDTHead(nn.Module):
 
 
 class DualEncoder(nn.Module):
+    """``classifier`` (optional) maps the vision features to class logits, for supervised objectives."""
+
     def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
-                 init_temperature: float = 0.07):
+                 init_temperature: float = 0.07, classifier: nn.Module | None = None):
         super().__init__()
         self.vision = vision
         self.text = text
         self.image_head = image_head
         self.text_head = text_head
+        self.classifier = classifier
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
@@ -68,6 +72,12 @@ class DualEncoder(nn.Module):
     def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings."""
         return self.image_head(self.vision(images, channel_ids))[0]
+
+    def classify_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] normalised pixels -> [B, K] class logits (needs a model built with a classifier)."""
+        if self.classifier is None:
+            raise ValueError("this model has no classification head; build it with model.num_classes > 0")
+        return self.classifier(self.vision(images, channel_ids))
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings."""
@@ -81,6 +91,8 @@ class DualEncoder(nn.Module):
         image_embeds, image_extras = self.image_head(vision)
         text_embeds, text_extras = self.text_head(text)
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
+        if self.classifier is not None:
+            extras["class_logits"] = self.classifier(vision)
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text, extras)
 
     def no_weight_decay(self) -> set[str]:

@@ -10,12 +10,15 @@ from vlalign.models.decoder import CausalDecoder, DecoderConfig
 from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection
 from vlalign.models.fdt import FDTCodebook, FDTGrounding
 from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
+from vlalign.models.channel_sampling import HierarchicalChannelSampling
+from vlalign.models.channel_vit import ChannelPatchEmbed
+from vlalign.models.classifier import LinearClassifier
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.vit import PatchEmbed, VisionTransformer
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
-PATCH_EMBEDS = {"standard": PatchEmbed}
+PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed}
 
 
 def build_patch_embed(cfg: ModelConfig, image_size: int, width: int) -> nn.Module:
@@ -23,10 +26,17 @@ def build_patch_embed(cfg: ModelConfig, image_size: int, width: int) -> nn.Modul
     return PATCH_EMBEDS[v.patch_embed](image_size, v.patch_size, v.in_channels, width)
 
 
+def build_channel_sampler(cfg: ModelConfig) -> nn.Module | None:
+    if cfg.vision.channel_sampling == "hcs":
+        return HierarchicalChannelSampling(cfg.vision.channel_sampling_per)
+    return None
+
+
 def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     size = vision_size(cfg.vision.size)
     patch_embed = build_patch_embed(cfg, image_size, size.width)
-    return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool)
+    return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool,
+                             build_channel_sampler(cfg))
 
 
 def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:
@@ -75,7 +85,8 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
     image_head, text_head = build_heads(cfg, vision.width, text.width)
-    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature)
+    classifier = LinearClassifier(vision.width, cfg.num_classes) if cfg.num_classes > 0 else None
+    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier)
     if cfg.text.locked:
         text.requires_grad_(False)
     return apply_adapter(model, cfg.adapter)

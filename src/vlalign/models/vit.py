@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids
 from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
 
 
@@ -30,10 +31,15 @@ class VisionFeatures:
 
 
 class PatchEmbed(nn.Module):
-    """Standard ViT patchify: each P×P×C patch -> one token (a strided conv written as one GEMM)."""
+    """Standard ViT patchify: each P×P×C patch -> one token (a strided conv written as one GEMM).
+
+    A channel subset (fewer columns, or MISSING ids) is zero-filled and rescaled by C/|S| first,
+    the plain-ViT protocol of ChannelViT (Bao et al. 2023 §4; see ``fill_missing_channels``).
+    """
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int, width: int):
         super().__init__()
+        self.in_channels = in_channels
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
@@ -42,6 +48,9 @@ class PatchEmbed(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> PatchTokens:
+        ids = resolve_channel_ids(images, channel_ids, self.in_channels)  # [B, C]
+        if ids.shape[1] != self.in_channels or not (ids == torch.arange(self.in_channels, device=ids.device)).all():
+            images = fill_missing_channels(images, ids, self.in_channels)  # [B, in_channels, H, W]
         B, C, H, W = images.shape
         P = self.patch_size
         # [B, C, H, W] -> [B, N, C*P*P], patches in row-major order
@@ -50,9 +59,13 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """``channel_sampler`` (optional) maps ``(images, channel_ids)`` to a channel subset before the
+    patch embedding, e.g. ``HierarchicalChannelSampling`` (active in training mode only)."""
+
     def __init__(self, patch_embed: nn.Module, width: int, depth: int, heads: int, mlp_ratio: float = 4.0,
-                 pool: str = "cls"):
+                 pool: str = "cls", channel_sampler: nn.Module | None = None):
         super().__init__()
+        self.channel_sampler = channel_sampler
         self.patch_embed = patch_embed
         self.width = width
         self.pool = pool
@@ -65,6 +78,11 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
     def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> VisionFeatures:
+        """images [B, C, H, W]; channel_ids [B, C] original channel of each column (None: 0..C-1)."""
+        if self.channel_sampler is not None:
+            if channel_ids is None:
+                channel_ids = torch.arange(images.shape[1], device=images.device).expand(images.shape[0], -1)
+            images, channel_ids = self.channel_sampler(images, channel_ids)
         patches = self.patch_embed(images, channel_ids)
         B = patches.tokens.shape[0]
         cls = (self.cls_token + self.cls_pos).expand(B, -1, -1)

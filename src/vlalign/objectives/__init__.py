@@ -2,6 +2,8 @@
 
 Register a new one with ``@register("name")``; ``build_objective(cfg)`` picks it by
 ``objective.name``. Every registered objective is exercised by one parametrized test.
+``embeddings_only=True`` declares that the loss reads only the image/text embeddings and the logit
+scale/bias of the output, which is what GradCache accumulation (``train.accum_steps``) caches.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from vlalign.models.vlm import VLMOutput
 from vlalign.objectives.caption import caption_loss, next_token_targets
 from vlalign.objectives.cgvlm import patch_token_contrastive_loss
 from vlalign.objectives.contrastive import clip_loss, siglip_loss
+from vlalign.objectives.supervised import classification_loss
 
 Objective = Callable[[Any, dict], tuple[torch.Tensor, dict[str, float]]]
 OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
+EMBEDDING_OBJECTIVES: set[str] = set()
 
 
-def register(name: str):
+def register(name: str, embeddings_only: bool = False):
     def wrap(factory: Callable[[ObjectiveConfig], Objective]):
         OBJECTIVES[name] = factory
+        if embeddings_only:
+            EMBEDDING_OBJECTIVES.add(name)
         return factory
 
     return wrap
@@ -36,7 +42,7 @@ def build_objective(cfg: ObjectiveConfig) -> Objective:
     return OBJECTIVES[cfg.name](cfg)
 
 
-@register("clip")
+@register("clip", embeddings_only=True)
 def clip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
@@ -45,7 +51,7 @@ def clip_objective(cfg: ObjectiveConfig) -> Objective:
     return objective
 
 
-@register("siglip")
+@register("siglip", embeddings_only=True)
 def siglip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
@@ -65,6 +71,22 @@ def fdt_objective(cfg: ObjectiveConfig) -> Objective:
         loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
         stats = code_usage_stats(out.extras["image_fdt_weights"], out.extras["text_fdt_weights"])
         return loss, {"loss/fdt": loss.item(), **stats}
+
+    return objective
+
+
+@register("supervised")
+def supervised_objective(cfg: ObjectiveConfig) -> Objective:
+    """Cross-entropy of the image classifier's logits against ``batch["labels"]``; the text tower is unused."""
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if "class_logits" not in out.extras:
+            raise ConfigError("objective.name=supervised needs a model with a classifier: set model.num_classes.")
+        logits = out.extras["class_logits"]  # [B, K]
+        labels = batch["labels"].to(logits.device)
+        loss = classification_loss(logits, labels)
+        accuracy = (logits.argmax(1) == labels).float().mean().item()
+        return loss, {"loss/supervised": loss.item(), "train_accuracy": accuracy}
 
     return objective
 

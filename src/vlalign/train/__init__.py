@@ -1,5 +1,6 @@
-"""Training: setup, the step, the loop, checkpoints and resume."""
+"""Training: setup, the step, the loop, checkpoints and resume, multi-process strategies."""
 
-from vlalign.train.trainer import SIGTERM_EXIT_CODE, TrainState, run_training
+from vlalign.train.step import TrainState
+from vlalign.train.trainer import SIGTERM_EXIT_CODE, GracefulStop, run_training
 
-__all__ = ["SIGTERM_EXIT_CODE", "TrainState", "run_training"]
+__all__ = ["SIGTERM_EXIT_CODE", "GracefulStop", "TrainState", "run_training"]

@@ -36,5 +36,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def global_norm(tensors) -> float:
-    norms = [t.detach().norm() for t in tensors if t is not None]
+    """L2 norm of all ``tensors`` together; sharded (FSDP2 DTensor) ones count in full."""
+    norms = [_full(t.detach().norm()) for t in tensors if t is not None]
     return torch.stack(norms).norm().item() if norms else 0.0
+
+
+def clip_gradients(grads: list[torch.Tensor], max_norm: float, total_norm: float) -> None:
+    """Scale ``grads`` so that their global norm (``total_norm``, already computed) is at most ``max_norm``."""
+    coef = max_norm / (total_norm + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t  # a DTensor (imported lazily: ~2 s)

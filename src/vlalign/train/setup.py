@@ -20,8 +20,7 @@ from vlalign.data.loader import Loader, collate
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
-from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
-from vlalign.errors import ConfigError
+from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
@@ -43,6 +42,13 @@ def seed_everything(seed: int, deterministic: bool, threads: int = 0) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_threads(threads: int, local_world: int) -> int:
+    """``train.threads``; 0 means all cores, shared evenly between the processes on this machine."""
+    if threads > 0 or local_world <= 1:
+        return threads
+    return max(1, (os.cpu_count() or 1) // local_world)
 
 
 def subset(source: Source, fraction: float, seed: int) -> Source:
@@ -78,8 +84,11 @@ def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list
 
 
 def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
-    norm = getattr(source, "normalization", None)  # (mean, std) per channel, for non-8-bit sources
-    mean, std = norm if norm is not None else (None, None)
+    if cfg.data.normalization == "per_channel":
+        mean, std = channel_statistics(source)
+    else:
+        norm = getattr(source, "normalization", None)  # (mean, std) per channel, for non-8-bit sources
+        mean, std = norm if norm is not None else (None, None)
     return ImageTransform(cfg.data.image_size, cfg.model.vision.in_channels, mean, std)
 
 
