@@ -13,7 +13,8 @@ from vlalign.eval import plots
 
 SUMMARY_KEYS = ("top1", "top5", "mean_per_class_recall", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "t2i_R@10",
                 "mean", "accuracy", "attribute_recall", "attribute_precision", "cos_related", "cos_unrelated",
-                "cos_gap")
+                "cos_gap", "macro_accuracy", "clean_t2i_R@1", "attacked_t2i_R@1", "clean_zeroshot_top1",
+                "attacked_zeroshot_top1", "mir")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
