@@ -44,7 +44,7 @@ class Aligner:
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[i : i + batch_size]), self.config.data.context_length)
             out.append(self.model.encode_text(ids, mask))
-        return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     @torch.inference_mode()
     def encode_image(self, images: Sequence[np.ndarray] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -54,10 +54,16 @@ class Aligner:
             chunk = images[i : i + batch_size]
             pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
             out.append(self.model.encode_image(pixels))
-        return torch.cat(out) if out else torch.empty(0, self.config.model.embed_dim)
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.transform(list(images))
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embeddings: the FDT code width with an FDT head, else ``model.embed_dim``."""
+        m = self.config.model
+        return m.fdt.code_dim if m.head == "fdt" else m.embed_dim
 
 
 @dataclass
