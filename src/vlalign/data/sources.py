@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from vlalign.data.sample import Source
-from vlalign.data.specs import register_source
+from vlalign.data.specs import parse_kv, register_source
 from vlalign.errors import DataError
 
 
 @register_source("shapes", "shapes:n=2000,seed=7[,objects=1][,channels=stains][,holdout=green-triangle+blue-star]")
 def shapes_source(argument: str) -> Source:
-    from vlalign.data.shapes import parse_shapes_spec
+    from vlalign.data.shapes import SPEC_KEYS, parse_shapes_spec
 
-    args = {}
-    for item in filter(None, (p.strip() for p in argument.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DataError(f"Data spec 'shapes:{argument}': expected key=value, got '{item}'.")
-        args[key] = value
+    args = parse_kv(argument, dict.fromkeys(SPEC_KEYS, str), f"shapes:{argument}")
     try:
         return parse_shapes_spec(args)
     except ValueError as err:
@@ -61,7 +56,6 @@ def openmoji_source(argument: str) -> Source:
 @register_source("sentinel2", "sentinel2:train|test[,patch=16][,bands=all|rgb]")
 def sentinel2_source(argument: str) -> Source:
     from vlalign.data.sentinel2 import Sentinel2
-    from vlalign.data.specs import parse_kv
 
     split, _, rest = argument.partition(",")
     spec = f"sentinel2:{argument}"
