@@ -37,14 +37,26 @@ def micro_model(seed: int = 0) -> torch.nn.Module:
     return build_model(cfg, IMAGE, VOCAB, CONTEXT)
 
 
-def global_batch(seed: int = 0, size: int = GLOBAL_BATCH) -> dict:
-    """Random images and captions of random lengths, the same on every rank."""
-    g = torch.Generator().manual_seed(seed)
+def random_captions(g: torch.Generator, size: int) -> torch.Tensor:
+    """[size, CONTEXT] token ids of random lengths, 0-padded."""
     ids = torch.randint(1, VOCAB, (size, CONTEXT), generator=g)
     lengths = torch.randint(3, CONTEXT + 1, (size,), generator=g)
     ids[torch.arange(CONTEXT)[None, :] >= lengths[:, None]] = 0
-    return {"images": torch.randn(size, 3, IMAGE, IMAGE, generator=g), "text_ids": ids, "text_mask": ids != 0,
-            "channel_ids": torch.arange(3).expand(size, -1)}
+    return ids
+
+
+def global_batch(seed: int = 0, size: int = GLOBAL_BATCH, negatives: bool = False) -> dict:
+    """Random images and captions of random lengths, the same on every rank; with ``negatives`` also
+    hard-negative captions, about a quarter of them invalid."""
+    g = torch.Generator().manual_seed(seed)
+    ids = random_captions(g, size)
+    batch = {"images": torch.randn(size, 3, IMAGE, IMAGE, generator=g), "text_ids": ids, "text_mask": ids != 0,
+             "channel_ids": torch.arange(3).expand(size, -1)}
+    if negatives:
+        negative_ids = random_captions(g, size)
+        batch |= {"negative_ids": negative_ids, "negative_mask": negative_ids != 0,
+                  "negative_valid": torch.rand(size, generator=g) > 0.25}
+    return batch
 
 
 def local_part(batch: dict, rank: int, world: int) -> dict:
@@ -74,9 +86,9 @@ def train_cfg():
 
 def equivalence(rank: int, world: int, out: Path) -> None:
     """Loss and gradients of one global batch of 64, split over ranks (and micro-batches); then 3 steps."""
-    batch = local_part(global_batch(), rank, world)
-    for name in ("clip", "siglip"):
-        objective = build_objective(ObjectiveConfig(name=name))
+    for name in ("clip", "siglip", "clip+negatives", "siglip+negatives"):
+        batch = local_part(global_batch(negatives=name.endswith("+negatives")), rank, world)
+        objective = build_objective(ObjectiveConfig(name=name.removesuffix("+negatives")))
         for label, strategy, accum in (("2x32", Replicate(), 1), ("2x16x2", Replicate(), 2), ("fsdp2x32", FullyShard(), 1)):
             model = strategy.wrap(micro_model())
             loss, _ = forward_backward(model, objective, batch, accum)
@@ -84,6 +96,8 @@ def equivalence(rank: int, world: int, out: Path) -> None:
             result = {f"grad/{k}": v for k, v in gradients(model).items()} | {"loss": loss.reshape(1)}
             if rank == 0:
                 save_file(result, out / f"{name}_{label}.safetensors")
+    for name in ("clip", "siglip"):
+        objective = build_objective(ObjectiveConfig(name=name))
         for label, strategy in (("replicate", Replicate()), ("fsdp", FullyShard())):
             model = strategy.wrap(micro_model())
             optimizer, state, cfg = build_optimizer(model, train_cfg().optim), TrainState(), train_cfg()

@@ -43,13 +43,15 @@ def two_ranks(tmp_path_factory):
 
 def one_process(name: str, accum: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = scenarios.micro_model()
-    loss, _ = forward_backward(model, build_objective(ObjectiveConfig(name=name)), scenarios.global_batch(), accum)
+    objective = build_objective(ObjectiveConfig(name=name.removesuffix("+negatives")))
+    loss, _ = forward_backward(model, objective, scenarios.global_batch(negatives=name.endswith("+negatives")), accum)
     return loss, scenarios.gradients(model)
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "clip+negatives", "siglip+negatives"])
 def test_global_batch_64_is_the_same_loss_and_gradient_however_it_is_split(two_ranks, name):
-    """1 x 64 vs 1 x 16 x accum 4 (GradCache), 2 ranks x 32, 2 x 16 x 2, and 2 x 32 under FSDP2."""
+    """1 x 64 vs 1 x 16 x accum 4 (GradCache), 2 ranks x 32, 2 x 16 x 2, and 2 x 32 under FSDP2;
+    "+negatives": with hard-negative captions, gathered across ranks like the true ones."""
     loss, grads = one_process(name, accum=1)
     variants = {"1x16x4": one_process(name, accum=4)}
     for label in ("2x32", "2x16x2", "fsdp2x32"):

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from vlalign.data.negatives import NEGATIVE_KINDS
 from vlalign.errors import ConfigError
 
 
@@ -117,6 +118,9 @@ class ObjectiveConfig:
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
     contrastive_weight: float = 1.0  # cgvlm: λ in L = L_gen + λ·L_con (unknown in the paper; 0 = captioning only)
     pool: str = "mean"  # cgvlm: pooling of the projected patches, "mean" | "max"
+    # clip/siglip/fdt: word-swap hard-negative captions as extra text negatives (NegCLIP/SVLC), any of
+    # "colour", "size", "shape", "relation" (vlalign.data.negatives); [] = none
+    hard_negatives: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -254,6 +258,13 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"In {source}: data.batch_size ({cfg.data.batch_size}) must be a multiple of "
                           f"train.accum_steps ({cfg.train.accum_steps}).")
     _validate_arch(cfg, source)
+    for kind in cfg.objective.hard_negatives:
+        if kind not in NEGATIVE_KINDS:
+            raise ConfigError(f"Config key 'objective.hard_negatives' in {source} has '{kind}', which is not one of: "
+                              f"{', '.join(NEGATIVE_KINDS)}.")
+    if cfg.objective.hard_negatives and cfg.objective.name not in ("clip", "siglip", "fdt"):
+        raise ConfigError(f"In {source}: objective.hard_negatives needs a contrastive objective (clip, siglip, fdt), "
+                          f"not '{cfg.objective.name}'.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     return cfg

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlalign.data.negatives import negatives_for
 from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
@@ -107,8 +108,12 @@ def read_samples(source: Source, indices: list[int]) -> tuple[list, list[tuple[s
 
 
 def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
-            transform: ImageTransform) -> dict:
-    """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``."""
+            transform: ImageTransform, negative_kinds: tuple[str, ...] = (), negative_seed: int = 0) -> dict:
+    """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``.
+
+    With ``negative_kinds`` every caption also gets a word-swap hard negative
+    (``vlalign.data.negatives``): ``negative_ids``/``negative_mask`` and ``negative_valid`` [B] bool.
+    """
     samples, skips = read_samples(source, indices)
     if not samples:
         return {"images": None, "skipped": skips, "n_seen": len(indices)}
@@ -117,7 +122,15 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
     images = transform([s.image for s in samples])  # [B, C, H, W]
     # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).
     channel_ids = torch.arange(images.shape[1]).expand(len(samples), -1)
-    return {
+    negatives = {}
+    if negative_kinds:
+        texts, valid = negatives_for(captions, [s.key for s in samples], negative_kinds, negative_seed)
+        negative_ids, negative_mask = tokenizer(texts, context_length)
+        # A swap past the context length truncates away: the "negative" would be the caption itself.
+        valid = torch.tensor(valid) & (negative_ids != ids).any(dim=1)  # [B]
+        negatives = {"negative_ids": negative_ids, "negative_mask": negative_mask,  # [B, L]
+                     "negative_valid": valid}
+    return negatives | {
         "images": images,  # [B, C, H, W]
         "channel_ids": channel_ids,  # [B, C] original channel indices
         "text_ids": ids,  # [B, L]

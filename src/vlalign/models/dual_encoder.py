@@ -27,6 +27,7 @@ class AlignmentOutput:
     text: TextFeatures
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # head-specific outputs (e.g. FDT code weights,
     # "class_logits" [B, K] from the optional image classifier)
+    negative_embeds: torch.Tensor | None = None  # [B, E] L2-normalised hard-negative captions, when given
 
 
 class PooledProjection(nn.Module):
@@ -85,7 +86,10 @@ class DualEncoder(nn.Module):
         return self.text_head(self.text(ids, mask))[0]
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                channel_ids: torch.Tensor | None = None) -> AlignmentOutput:
+                channel_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
+                negative_mask: torch.Tensor | None = None) -> AlignmentOutput:
+        """``negative_ids``/``negative_mask`` [B, L]: hard-negative captions, embedded by the text tower
+        into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights)."""
         vision = self.vision(images, channel_ids)
         text = self.text(text_ids, text_mask)
         image_embeds, image_extras = self.image_head(vision)
@@ -93,7 +97,11 @@ class DualEncoder(nn.Module):
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
         if self.classifier is not None:
             extras["class_logits"] = self.classifier(vision)
-        return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text, extras)
+        negative_embeds = None
+        if negative_ids is not None:
+            negative_embeds = self.text_head(self.text(negative_ids, negative_mask))[0]
+        return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
+                               extras, negative_embeds)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

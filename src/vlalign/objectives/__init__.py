@@ -42,10 +42,17 @@ def build_objective(cfg: ObjectiveConfig) -> Objective:
     return OBJECTIVES[cfg.name](cfg)
 
 
+def _negatives(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Hard-negative caption embeddings [B, E] and their validity [B], or (None, None)."""
+    if out.negative_embeds is None:
+        return None, None
+    return out.negative_embeds, batch["negative_valid"].to(out.negative_embeds.device)
+
+
 @register("clip", embeddings_only=True)
 def clip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch))
         return loss, {"loss/clip": loss.item()}
 
     return objective
@@ -54,7 +61,8 @@ def clip_objective(cfg: ObjectiveConfig) -> Objective:
 @register("siglip", embeddings_only=True)
 def siglip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
+        loss = siglip_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias,
+                           *_negatives(out, batch))
         return loss, {"loss/siglip": loss.item(), "logit_bias": out.logit_bias.item()}
 
     return objective
@@ -68,7 +76,7 @@ def fdt_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if "image_fdt_weights" not in out.extras:
             raise ConfigError("objective.name=fdt needs model.head=fdt (the FDT head provides the code weights).")
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch))
         stats = code_usage_stats(out.extras["image_fdt_weights"], out.extras["text_fdt_weights"])
         return loss, {"loss/fdt": loss.item(), **stats}
 

@@ -13,23 +13,47 @@ import torch.nn.functional as F
 from vlalign import dist
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE (Radford et al. 2021, Fig. 3). image, text: [B, E] unit-norm -> scalar."""
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+              negatives: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (Radford et al. 2021, Fig. 3). image, text: [B, E] unit-norm -> scalar.
+
+    ``negatives`` [B, E] (unit-norm hard-negative captions, ``negative_valid`` [B] bool) become extra
+    columns of the image->text softmax, as NegCLIP (Yuksekgonul et al. 2023, §5): every image is
+    scored against every true caption and every (valid) negative of the global batch; the
+    text->image direction is unchanged.
+    """
     all_image = dist.gather_with_grad(image)  # [world*B, E]
     all_text = dist.gather_with_grad(text)
     logits = logit_scale * all_image @ all_text.t()  # [N, N], row i = image i against every text
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    image_to_text = logits
+    if negatives is not None:
+        image_to_text = torch.cat([logits, _negative_logits(all_image, negatives, negative_valid, logit_scale)], 1)
+    return 0.5 * (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.t(), labels))
 
 
-def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor) -> torch.Tensor:
+def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                negatives: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise sigmoid loss (Zhai et al. 2023, Alg. 1): -mean over images of sum_j log σ(z_ij (t·x_i·y_j + b)).
 
     z_ij = +1 for the matched pair, -1 otherwise; normalised by the global batch size, as the paper.
+    Hard negatives (as in ``clip_loss``) add one z = -1 term per image and valid negative.
     """
     all_image = dist.gather_with_grad(image)
     all_text = dist.gather_with_grad(text)
     logits = logit_scale * all_image @ all_text.t() + logit_bias  # [N, N]
     signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
-    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
+    total = -F.logsigmoid(signs * logits).sum()
+    if negatives is not None:
+        negative_logits = _negative_logits(all_image, negatives, negative_valid, logit_scale) + logit_bias
+        total = total - F.logsigmoid(-negative_logits).sum()  # invalid ones: log σ(+inf) = 0
+    return total / logits.shape[0]
+
+
+def _negative_logits(all_image: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """[N, world*B] scaled similarities of every image to every gathered negative; -inf where invalid."""
+    all_negatives = dist.gather_with_grad(negatives)  # [world*B, E]
+    all_valid = dist.gather_with_grad(valid.to(all_negatives.dtype)) > 0  # [world*B]
+    logits = logit_scale * all_image @ all_negatives.t()
+    return logits.masked_fill(~all_valid[None, :], float("-inf"))

@@ -86,7 +86,8 @@ def count_flops_per_sample(model: nn.Module, batch: dict) -> float:
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     # fork_rng: random layers must not draw here, or a resumed run's RNG stream would shift.
     with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-        out = model(one.get("images"), one["text_ids"], one["text_mask"], one.get("channel_ids"))
+        negatives = (one["negative_ids"], one["negative_mask"]) if "negative_ids" in one else ()
+        out = model(one.get("images"), one["text_ids"], one["text_mask"], one.get("channel_ids"), *negatives)
         outputs = [getattr(out, f.name) for f in dataclasses.fields(out)]
         sum(t.float().sum() for t in outputs if torch.is_tensor(t) and t.requires_grad).backward()
     model.zero_grad(set_to_none=True)

@@ -138,7 +138,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
         (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
-    collate_fn = collate
+    collate_fn = functools.partial(collate, negative_kinds=tuple(cfg.objective.hard_negatives),
+                                   negative_seed=cfg.train.seed)
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,

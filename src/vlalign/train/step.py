@@ -39,7 +39,12 @@ def batch_size(batch: dict) -> int:
 
 
 def model_inputs(batch: dict) -> tuple:
-    return batch["images"], batch["text_ids"], batch["text_mask"], batch["channel_ids"]
+    """Positional arguments of the model's forward; hard-negative captions only when the batch has them
+    (only the dual encoder takes them)."""
+    inputs = (batch["images"], batch["text_ids"], batch["text_mask"], batch["channel_ids"])
+    if "negative_ids" in batch:
+        inputs += (batch["negative_ids"], batch["negative_mask"])
+    return inputs
 
 
 def forward_backward(model: nn.Module, objective, batch: dict, accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
@@ -64,24 +69,33 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
     sampling, dropout) see the same draws both times.
     """
     micro = split_batch(batch, accum_steps)
-    rng_states, images, texts = [], [], []
+    rng_states, images, texts, negatives = [], [], [], []
     with torch.no_grad():
         for part in micro:
             rng_states.append(_rng_snapshot())
             out = model(*model_inputs(part))
             images.append(out.image_embeds)
             texts.append(out.text_embeds)
+            negatives.append(out.negative_embeds)
     after_first_pass = _rng_snapshot()
     image = torch.cat(images).requires_grad_()  # [B, E]
     text = torch.cat(texts).requires_grad_()  # [B, E]
-    cached = AlignmentOutput(image, text, model.logit_scale.exp(), model.logit_bias, vision=None, text=None)
+    negative = None if negatives[0] is None else torch.cat(negatives).requires_grad_()  # [B, E]
+    cached = AlignmentOutput(image, text, model.logit_scale.exp(), model.logit_bias, vision=None, text=None,
+                             negative_embeds=negative)
     loss, metrics = objective(cached, batch)
-    loss.backward()  # -> image.grad, text.grad and the logit scale/bias gradients
+    loss.backward()  # -> image.grad, text.grad (negative.grad) and the logit scale/bias gradients
     sizes = [part["images"].shape[0] for part in micro]
-    for part, state, g_image, g_text in zip(micro, rng_states, image.grad.split(sizes), text.grad.split(sizes)):
+    negative_grads = [None] * len(micro) if negative is None else negative.grad.split(sizes)
+    for part, state, g_image, g_text, g_negative in zip(micro, rng_states, image.grad.split(sizes),
+                                                        text.grad.split(sizes), negative_grads):
         _rng_restore(state)
         out = model(*model_inputs(part))
-        torch.autograd.backward([out.image_embeds, out.text_embeds], [g_image, g_text])
+        outputs, grads = [out.image_embeds, out.text_embeds], [g_image, g_text]
+        if g_negative is not None:
+            outputs.append(out.negative_embeds)
+            grads.append(g_negative)
+        torch.autograd.backward(outputs, grads)
     _rng_restore(after_first_pass)
     return loss.detach(), metrics
 
