@@ -44,7 +44,7 @@ class VisionConfig:
     size: str = "vit-tiny"  # a row of vlalign.models.registry.VISION_SIZES
     patch_size: int = 8
     in_channels: int = 3
-    patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
+    patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT) | "conv" (convolutional stem)
     pool: str = "cls"  # "cls" | "mean"
     channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
     channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
@@ -175,7 +175,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact",),
     "data.normalization": ("auto", "per_channel"),
-    "model.vision.patch_embed": ("standard", "channel"),
+    "model.vision.patch_embed": ("standard", "channel", "conv"),
     "model.arch": ("dual-encoder", "lm", "vlm"),
     "model.vision.pool": ("cls", "mean"),
     "model.vision.channel_sampling": ("none", "hcs"),

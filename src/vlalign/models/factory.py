@@ -15,10 +15,11 @@ from vlalign.models.channel_vit import ChannelPatchEmbed
 from vlalign.models.classifier import LinearClassifier
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
+from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.vit import PatchEmbed, VisionTransformer
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
-PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed}
+PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed, "conv": ConvStemEmbed}
 
 
 def build_patch_embed(cfg: ModelConfig, image_size: int, width: int) -> nn.Module:
