@@ -112,6 +112,7 @@ class ModelConfig:
     # Run directories whose newest checkpoint initialises this model, in order: every weight whose
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
+    init_modules: list[str] = field(default_factory=list)  # copy only these top-level modules (e.g. [vision]); [] = all
 
 
 @dataclass(kw_only=True)
@@ -291,6 +292,9 @@ def _validate_catalogue(cfg: RunConfig, source: str) -> None:
     if cfg.model.text.prefix_tokens and cfg.model.text.tower != "vlalign":
         raise ConfigError(f"In {source}: model.text.prefix_tokens needs the vlalign text tower, not "
                           f"'{cfg.model.text.tower}'. Set model.text.prefix_tokens=0.")
+    if cfg.model.init_modules and not cfg.model.init_from:
+        raise ConfigError(f"In {source}: model.init_modules {cfg.model.init_modules} selects weights of "
+                          "model.init_from, which is empty. Name the run to start from in model.init_from.")
     if cfg.model.vision.locked and cfg.model.arch != "dual-encoder":
         raise ConfigError(f"In {source}: model.vision.locked applies to the dual encoder; for model.arch "
                           f"'{cfg.model.arch}' list 'vision' in model.vlm.freeze instead.")

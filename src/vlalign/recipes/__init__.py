@@ -285,10 +285,11 @@ def shapes_filip() -> RunConfig:
 
 @recipe
 def shapes_lit_filip() -> RunConfig:
-    """LiT + FILIP (Wukong): the image tower of runs/shapes-clip, locked; text tower and heads train."""
+    """LiT + FILIP (Wukong): the image tower of runs/shapes-clip, locked; text tower (from scratch) and heads train."""
     cfg = shapes_filip()
     cfg.model.vision.locked = True
     cfg.model.init_from = ["runs/shapes-clip"]
+    cfg.model.init_modules = ["vision"]
     return cfg
 
 

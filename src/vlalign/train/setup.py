@@ -133,7 +133,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
     if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
-        load_matching_weights(model, cfg.model.init_from)
+        load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
     transform = image_transform(cfg, source)
