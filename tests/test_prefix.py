@@ -86,7 +86,7 @@ def test_prefix_conditions_the_text_and_captions_are_the_default():
     torch.testing.assert_close(mixed[1::2], labels[1::2])
     # padding stays inert behind a prefix, and the tokens returned are the text's own L positions
     torch.testing.assert_close(model.encode_text(ids[:, :5], mask[:, :5]), captions, atol=1e-6, rtol=0)
-    features = model._text(ids, mask)
+    features = model.text_features(ids, mask)
     assert features.tokens.shape[1] == 8 and torch.equal(features.mask, mask)
     assert prefixed_model(0).text_prefix is None
 
@@ -96,7 +96,7 @@ def test_prefix_changes_the_text_exactly_like_prepended_embeddings():
     their ids, and run the plain tower. It must give the same pooled text feature."""
     model = prefixed_model(prefix_tokens=2).eval()
     ids, mask = text_batch()
-    ours = model._text(ids, mask, torch.full((4,), LABEL)).pooled
+    ours = model.text_features(ids, mask, torch.full((4,), LABEL)).pooled
     text = model.text
     table = torch.cat([text.token_embedding.weight.detach(), model.text_prefix.embedding[LABEL].detach()])
     reference_tower = type(text)(table.shape[0], text.context_length, text.width, 2, 2, pool=text.pool).eval()

@@ -105,7 +105,7 @@ class DualEncoder(nn.Module):
         """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings. ``text_types`` [B] (see
         ``vlalign.models.prefix``) only matters with a text prefix; None reads every text as a caption."""
         mask = ids != 0 if mask is None else mask
-        return self.text_head(self._text(ids, mask, text_types))[0]
+        return self.text_head(self.text_features(ids, mask, text_types))[0]
 
     def image_token_embeds(self, images: torch.Tensor,
                            channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +116,7 @@ class DualEncoder(nn.Module):
                           text_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token embeddings [B, L, E] and mask [B, L] (needs a token head: model.head=tokens)."""
         mask = ids != 0 if mask is None else mask
-        return self._token_embeds(self.text_head(self._text(ids, mask, text_types))[1])
+        return self._token_embeds(self.text_head(self.text_features(ids, mask, text_types))[1])
 
     @staticmethod
     def _token_embeds(extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +124,9 @@ class DualEncoder(nn.Module):
             raise ValueError("this model's heads embed pooled features only; build it with model.head=tokens")
         return extras["token_embeds"], extras["token_mask"]
 
-    def _text(self, ids: torch.Tensor, mask: torch.Tensor, text_types: torch.Tensor | None = None) -> TextFeatures:
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor,
+                      text_types: torch.Tensor | None = None) -> TextFeatures:
+        """The text tower's features, behind the prefix of each text's type (captions when None) if any."""
         if self.text_prefix is None:
             return self.text(ids, mask)
         prefix = self.text_prefix.caption(ids.shape[0]) if text_types is None else self.text_prefix(text_types)
@@ -139,7 +141,7 @@ class DualEncoder(nn.Module):
         ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``. ``text_types`` [B]: the type of each
         text (caption or label) for the text prefix; negatives and prompts read as captions."""
         vision = self.vision(images, channel_ids)
-        text = self._text(text_ids, text_mask, text_types)
+        text = self.text_features(text_ids, text_mask, text_types)
         image_embeds, image_extras = self.image_head(vision)
         text_embeds, text_extras = self.text_head(text)
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
@@ -147,9 +149,9 @@ class DualEncoder(nn.Module):
             extras["class_logits"] = self.classifier(vision)
         negative_embeds = prompt_embeds = None
         if negative_ids is not None:
-            negative_embeds = self.text_head(self._text(negative_ids, negative_mask))[0]
+            negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask))[0]
         if prompt_ids is not None:
-            prompt_embeds = self.text_head(self._text(prompt_ids, prompt_mask))[0]
+            prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
                                extras, negative_embeds, prompt_embeds)
 
