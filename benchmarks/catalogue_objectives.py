@@ -148,6 +148,11 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
         "with PTP's \"the block P has a O\" and with caption words. One seed: differences below ~0.02 are within "
         "seed noise (the FDT benchmark's std on these metrics is 0.006-0.013).",
         "",
+        "Read with care: a few hundred steps of micro towers is early training, so the rows compare how fast each "
+        "component starts to align, not where it ends. `compositional` has only the 4 held-out combinations "
+        "present, so a model that favours one of them scores near 0.25. No arm learns positions in this budget "
+        "(grounding stays near chance); the papers' effects need far longer training or pre-trained towers.",
+        "",
         "| arm | " + " | ".join(METRICS) + " | train s |",
         "|---|" + "---|" * (len(METRICS) + 1),
     ]
