@@ -136,22 +136,22 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
     lines = [
         "# Catalogue objectives (issue 11) vs CLIP on the shapes world",
         "",
-        f"Command: `nice -n 10 python benchmarks/catalogue_objectives.py --steps {args.steps} --eval-n {args.eval_n}` "
-        f"(torch {torch.__version__}, {platform.machine()}, 1 thread per run, one seed; total {wall / 60:.1f} min on a "
-        "shared 2-core machine, so seconds are indicative only).",
+        (f"Command: `nice -n 10 python benchmarks/catalogue_objectives.py --steps {args.steps} --eval-n {args.eval_n}` "
+         f"(torch {torch.__version__}, {platform.machine()}, 1 thread per run, one seed; total {wall / 60:.1f} min on "
+         "a shared 2-core machine, so seconds are indicative only)."),
         "",
-        f"Budget per arm: {args.steps} steps of 64 pairs, vit-micro/8 at 48 px + text-micro, lr 1e-3 cosine. Caption "
-        f"data `{TRAIN}`; the unicl/prefix arms train on its union with `{LABELS}` (the same steps, so about a third "
-        "of their pairs are class-name labels). Metrics: `zeroshot` / `compositional` = top-1 over the 56 "
-        "\"colour shape\" classes on seen / held-out combinations; retrieval R@1 and rsum (R@1+5+10, both directions) "
-        f"on {args.eval_n} held-out multi-object captions; `block` / `caption` = grounding probe top-1 (chance 0.111) "
-        "with PTP's \"the block P has a O\" and with caption words. One seed: differences below ~0.02 are within "
-        "seed noise (the FDT benchmark's std on these metrics is 0.006-0.013).",
+        (f"Budget per arm: {args.steps} steps of 64 pairs, vit-micro/8 at 48 px + text-micro, lr 1e-3 cosine. Caption "
+         f"data `{TRAIN}`; the unicl/prefix arms train on its union with `{LABELS}` (the same steps, so about a third "
+         "of their pairs are class-name labels). Metrics: `zeroshot` / `compositional` = top-1 over the 56 "
+         "\"colour shape\" classes on seen / held-out combinations; retrieval R@1 and rsum (R@1+5+10, both directions) "
+         f"on {args.eval_n} held-out multi-object captions; `block` / `caption` = grounding probe top-1 (chance 0.111) "
+         "with PTP's \"the block P has a O\" and with caption words. One seed: differences below ~0.02 are within "
+         "seed noise (the FDT benchmark's std on these metrics is 0.006-0.013)."),
         "",
-        "Read with care: a few hundred steps of micro towers is early training, so the rows compare how fast each "
-        "component starts to align, not where it ends. `compositional` has only the 4 held-out combinations "
-        "present, so a model that favours one of them scores near 0.25. No arm learns positions in this budget "
-        "(grounding stays near chance); the papers' effects need far longer training or pre-trained towers.",
+        ("Read with care: a few hundred steps of micro towers is early training, so the rows compare how fast each "
+         "component starts to align, not where it ends. `compositional` has only the 4 held-out combinations "
+         "present, so a model that favours one of them scores near 0.25. No arm learns positions in this budget "
+         "(grounding stays near chance); the papers' effects need far longer training or pre-trained towers."),
         "",
         "| arm | " + " | ".join(METRICS) + " | train s |",
         "|---|" + "---|" * (len(METRICS) + 1),

@@ -7,7 +7,7 @@ many label sets share it. Retrieval: s^I ranks texts for an image, s^T images fo
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

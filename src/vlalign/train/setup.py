@@ -22,6 +22,7 @@ from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
