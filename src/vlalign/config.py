@@ -48,6 +48,7 @@ class VisionConfig:
     pool: str = "cls"  # "cls" | "mean"
     channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
     channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
+    locked: bool = False  # freeze the image tower (LiT, Zhai et al. 2022; Wukong): start it from model.init_from
 
 
 @dataclass(kw_only=True)
@@ -57,6 +58,9 @@ class TextConfig:
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
     tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
     locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
+    # learnable dataset-type prefix tokens per text type, caption or label (Prefix Conditioning, Saito et al.
+    # 2023); 0 = none. Zero-shot and retrieval use the caption prefix.
+    prefix_tokens: int = 0
 
 
 @dataclass(kw_only=True)
@@ -99,6 +103,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     head: str = "projection"  # "projection" (CLIP: linear map of the pooled feature) | "fdt"
+    # | "tokens" (the projection of every token too: FILIP's late interaction)
     fdt: FDTConfig = field(default_factory=FDTConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
@@ -107,6 +112,7 @@ class ModelConfig:
     # Run directories whose newest checkpoint initialises this model, in order: every weight whose
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
+    init_modules: list[str] = field(default_factory=list)  # copy only these top-level modules (e.g. [vision]); [] = all
 
 
 @dataclass(kw_only=True)
@@ -121,6 +127,10 @@ class ObjectiveConfig:
     # clip/siglip/fdt: word-swap hard-negative captions as extra text negatives (NegCLIP/SVLC), any of
     # "colour", "size", "shape", "relation" (vlalign.data.negatives); [] = none
     hard_negatives: list[str] = field(default_factory=list)
+    # Also: "filip" (token-wise late interaction, needs model.head=tokens) | "unicl" (label-aware InfoNCE:
+    # samples of a labelled set sharing a class are positives) | "ptp" (clip + position-prompt InfoNCE)
+    ptp_weight: float = 1.0  # ptp: w in L = L_clip + w·L_prompt (PTP, Wang et al. 2023)
+    ptp_concat: bool = False  # append a position prompt to every training caption (PTP's reference data)
 
 
 @dataclass(kw_only=True)
@@ -182,11 +192,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
-    "model.head": ("projection", "fdt"),
+    "model.head": ("projection", "fdt", "tokens"),
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
-    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm"),
+    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -267,7 +277,35 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
                           f"not '{cfg.objective.name}'.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
+    _validate_catalogue(cfg, source)
     return cfg
+
+
+def _validate_catalogue(cfg: RunConfig, source: str) -> None:
+    """FILIP, prefix conditioning and PTP (issue 11): the combinations each needs."""
+    if cfg.objective.name == "filip" and cfg.model.head != "tokens":
+        raise ConfigError(f"In {source}: objective.name=filip scores token against token; set model.head=tokens "
+                          f"(it is '{cfg.model.head}').")
+    if cfg.model.text.prefix_tokens < 0:
+        raise ConfigError(f"Config key 'model.text.prefix_tokens' in {source} must be >= 0, "
+                          f"got {cfg.model.text.prefix_tokens}.")
+    if cfg.model.text.prefix_tokens and cfg.model.text.tower != "vlalign":
+        raise ConfigError(f"In {source}: model.text.prefix_tokens needs the vlalign text tower, not "
+                          f"'{cfg.model.text.tower}'. Set model.text.prefix_tokens=0.")
+    if cfg.model.init_modules and not cfg.model.init_from:
+        raise ConfigError(f"In {source}: model.init_modules {cfg.model.init_modules} selects weights of "
+                          "model.init_from, which is empty. Name the run to start from in model.init_from.")
+    if cfg.model.vision.locked and cfg.model.arch != "dual-encoder":
+        raise ConfigError(f"In {source}: model.vision.locked applies to the dual encoder; for model.arch "
+                          f"'{cfg.model.arch}' list 'vision' in model.vlm.freeze instead.")
+    needs_meta = (cfg.objective.name in ("unicl", "ptp") or cfg.objective.ptp_concat
+                  or cfg.model.text.prefix_tokens > 0)
+    if needs_meta and cfg.data.cache_dir:
+        raise ConfigError(f"In {source}: data.cache_dir keeps images, captions and labels only; text types and "
+                          "scenes (for unicl, ptp, ptp_concat, model.text.prefix_tokens) would be lost. "
+                          "Leave data.cache_dir empty.")
+    if cfg.objective.ptp_weight < 0:
+        raise ConfigError(f"Config key 'objective.ptp_weight' in {source} must be >= 0, got {cfg.objective.ptp_weight}.")
 
 
 def _validate_arch(cfg: RunConfig, source: str) -> None:

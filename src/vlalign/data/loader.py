@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlalign.data.negatives import negatives_for
+from vlalign.data.ptp import sample_prompt
 from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
@@ -108,16 +109,30 @@ def read_samples(source: Source, indices: list[int]) -> tuple[list, list[tuple[s
 
 
 def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
-            transform: ImageTransform, negative_kinds: tuple[str, ...] = (), negative_seed: int = 0) -> dict:
+            transform: ImageTransform, negative_kinds: tuple[str, ...] = (), negative_seed: int = 0,
+            position_prompts: str = "none", with_text_types: bool = False) -> dict:
     """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``.
 
     With ``negative_kinds`` every caption also gets a word-swap hard negative
     (``vlalign.data.negatives``): ``negative_ids``/``negative_mask`` and ``negative_valid`` [B] bool.
+    ``position_prompts`` (PTP, ``vlalign.data.ptp``; drawn with ``negative_seed``): "auxiliary" adds
+    ``prompt_ids``/``prompt_mask`` [B, L], "concat" appends the prompt to the caption. ``with_text_types``
+    adds ``text_types`` [B] (1 for image-label samples, ``meta["text_type"] == "label"``, else 0).
     """
     samples, skips = read_samples(source, indices)
     if not samples:
         return {"images": None, "skipped": skips, "n_seen": len(indices)}
     captions = [s.caption for s in samples]
+    extra = {}
+    if position_prompts != "none":
+        prompts = [sample_prompt(s, negative_seed) for s in samples]
+        if position_prompts == "concat":  # as the reference data: "caption. the block P has a O"
+            captions = [f"{caption}. {prompt}" for caption, prompt in zip(captions, prompts)]
+        else:
+            prompt_ids, prompt_mask = tokenizer(prompts, context_length)
+            extra |= {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}  # [B, L]
+    if with_text_types:
+        extra["text_types"] = torch.tensor([int(s.meta.get("text_type") == "label") for s in samples])  # [B]
     ids, mask = tokenizer(captions, context_length)
     images = transform([s.image for s in samples])  # [B, C, H, W]
     # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).
@@ -130,7 +145,7 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
         valid = torch.tensor(valid) & (negative_ids != ids).any(dim=1)  # [B]
         negatives = {"negative_ids": negative_ids, "negative_mask": negative_mask,  # [B, L]
                      "negative_valid": valid}
-    return negatives | {
+    return negatives | extra | {
         "images": images,  # [B, C, H, W]
         "channel_ids": channel_ids,  # [B, C] original channel indices
         "text_ids": ids,  # [B, L]

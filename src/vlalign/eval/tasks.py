@@ -20,8 +20,9 @@ from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
 from vlalign.eval.channels import channel_subsets, subset_accuracies, summarise
-from vlalign.eval.retrieval import retrieval_metrics
-from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
+from vlalign.eval.late_interaction import PromptScores, token_similarities
+from vlalign.eval.retrieval import retrieval_metrics, retrieval_metrics_from_scores
+from vlalign.eval.zeroshot import class_embeddings, classification_metrics, zeroshot_classify
 
 
 @dataclass
@@ -109,13 +110,19 @@ def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[s
 
 def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: int) -> TaskResult:
     images, _, labels, samples = load_arrays(source, limit)
-    image_embeds = model.encode_image(images)
     is_shapes = hasattr(source, "scene")
     label_sets = _shapes_label_sets(samples) if is_shapes else _generic_label_set(source)
+    if model.late_interaction:  # FILIP: token-wise scores, each distinct prompt once
+        scores = PromptScores(model, images, [p for _, prompts, _ in label_sets.values() for ps in prompts for p in ps])
+    else:
+        image_embeds = model.encode_image(images)
     result = TaskResult([])
     for label_set, (names, prompts, set_labels) in label_sets.items():
         set_labels = torch.tensor(labels if set_labels is None else set_labels)
-        metrics = zeroshot_classify(image_embeds, class_embeddings(model.encode_text, prompts), set_labels)
+        if model.late_interaction:
+            metrics = classification_metrics(scores.class_logits(prompts), set_labels, len(prompts))
+        else:
+            metrics = zeroshot_classify(image_embeds, class_embeddings(model.encode_text, prompts), set_labels)
         confusion = metrics.pop("confusion")
         result.results.append({"task": task_name, "data": spec, "labels": label_set, **metrics})
         if label_set in ("shape+colour", "class"):
@@ -145,10 +152,15 @@ def retrieval(model: Aligner, spec: str | None) -> TaskResult:
     spec = spec or model.config.data.eval
     source = build_source(spec)
     images, captions, _, _ = load_arrays(source, model.config.eval.retrieval_n)
-    image_embeds, text_embeds = model.encode_image(images), model.encode_text(captions)
-    metrics = retrieval_metrics(image_embeds, text_embeds)
+    if model.late_interaction:  # FILIP: s^I ranks texts, s^T ranks images
+        i2t, t2i = token_similarities(model, images, captions)  # [N images, N texts] each
+        metrics = retrieval_metrics_from_scores(i2t, t2i.t())
+        sim = t2i[:, :8].t()  # [8 queries, N]
+    else:
+        image_embeds, text_embeds = model.encode_image(images), model.encode_text(captions)
+        metrics = retrieval_metrics(image_embeds, text_embeds)
+        sim = text_embeds[:8] @ image_embeds.t()  # [8 queries, N]
     metrics["unique_captions"] = len(set(captions))
-    sim = text_embeds[:8] @ image_embeds.t()  # [8 queries, N]
     top = sim.topk(min(5, len(images)), dim=1).indices.tolist()
     grid = plots.retrieval_grid(captions[:8], plots.display_images(np.stack(images)), top, list(range(8)))
     return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})

@@ -264,3 +264,49 @@ def cgvlm_stage2() -> RunConfig:
     cfg.optim.lr = 1e-3
     cfg.eval.tasks = ["vqa", "text-qa"]
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue issue 11: FILIP/Wukong, Prefix Conditioning, PTP. Each is the default recipe with one component.
+
+# Image-label data for prefix conditioning: single-object scenes (the label names the whole image, as an
+# ImageNet class does), read as "a red circle"; the compositional holdout stays out of it too.
+SHAPES_LABELS = f"labels:shapes:n=15000,seed=5,objects=1,holdout={SHAPES_HOLDOUT}"
+
+
+@recipe
+def shapes_filip() -> RunConfig:
+    """FILIP/Wukong: token-wise late-interaction similarity (mean over patches of the best token, and back)."""
+    cfg = shapes_clip()
+    cfg.model.head = "tokens"
+    cfg.objective.name = "filip"
+    return cfg
+
+
+@recipe
+def shapes_lit_filip() -> RunConfig:
+    """LiT + FILIP (Wukong): the image tower of runs/shapes-clip, locked; text tower (from scratch) and heads train."""
+    cfg = shapes_filip()
+    cfg.model.vision.locked = True
+    cfg.model.init_from = ["runs/shapes-clip"]
+    cfg.model.init_modules = ["vision"]
+    return cfg
+
+
+@recipe
+def shapes_prefix() -> RunConfig:
+    """Prefix conditioning + UniCL on shapes captions and class-name labels; caption prefix at zero-shot."""
+    cfg = shapes_clip()
+    cfg.data.train = f"union:{cfg.data.train};{SHAPES_LABELS}"
+    cfg.model.text.prefix_tokens = 1
+    cfg.objective.name = "unicl"
+    return cfg
+
+
+@recipe
+def shapes_ptp() -> RunConfig:
+    """PTP: CLIP plus an InfoNCE term on position prompts "the block P has a O" from known object positions."""
+    cfg = shapes_clip()
+    cfg.objective.name = "ptp"
+    cfg.eval.tasks = [*cfg.eval.tasks, "grounding"]
+    return cfg

@@ -17,10 +17,12 @@ from vlalign.config import RunConfig
 from vlalign.data.cache import DecodedCache
 from vlalign.data.generative import collate_generative
 from vlalign.data.loader import Loader, collate
+from vlalign.data.ptp import all_prompts
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
@@ -116,7 +118,8 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
     if inherited is not None:
         tokenizer = TextTokenizer.load(inherited / TOKENIZER_FILE)
     else:
-        tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
+        extra = all_prompts() if position_prompts(cfg) != "none" else []  # PTP's prompt words get tokens too
+        tokenizer = train_tokenizer(source_captions(source) + extra, cfg.model.text.vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
@@ -131,7 +134,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
     if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
-        load_matching_weights(model, cfg.model.init_from)
+        load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
     transform = image_transform(cfg, source)
@@ -139,7 +142,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         transform.save(run_dir / PREPROCESS_FILE)
         (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
     collate_fn = functools.partial(collate, negative_kinds=tuple(cfg.objective.hard_negatives),
-                                   negative_seed=cfg.train.seed)
+                                   negative_seed=cfg.train.seed, position_prompts=position_prompts(cfg),
+                                   with_text_types=cfg.model.text.prefix_tokens > 0 or cfg.objective.name == "unicl")
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
@@ -147,6 +151,13 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+
+
+def position_prompts(cfg: RunConfig) -> str:
+    """How PTP's position prompts enter the batch: "auxiliary" (objective ptp), "concat" or "none"."""
+    if cfg.objective.name == "ptp":
+        return "auxiliary"
+    return "concat" if cfg.objective.ptp_concat else "none"
 
 
 def freeze(model: VisionLanguageModel, cfg: RunConfig) -> None:
