@@ -72,8 +72,12 @@ ARMS = (
     Arm("ptp-concat", ("objective.ptp_concat=true",),
         "PTP as its reference data (sail-sg/ptp): one prompt appended to each caption, trained by the same loss.",
         focus=("t2i_R@1", "i2t_R@1", "block", "caption")),
+    Arm("negatives", ("objective.hard_negatives=[shape,colour,size,relation]",),
+        "Structured VL concepts (Doveh et al. 2023) / NegCLIP: rule-based negative captions (one swapped attribute, "
+        "relation or object word) as extra negatives raise VL-Checklist/ARO attribute and relation accuracy by up "
+        "to ~15 points at a small zero-shot cost.", focus=("svlc", "zeroshot", "compositional", "t2i_R@1")),
 )
-METRICS = ("zeroshot", "compositional", "i2t_R@1", "t2i_R@1", "rsum", "block", "caption")
+METRICS = ("zeroshot", "compositional", "svlc", "i2t_R@1", "t2i_R@1", "rsum", "block", "caption")
 
 
 class LabelPrefixAligner(Aligner):
@@ -93,6 +97,8 @@ def headline(results: list[dict]) -> dict[str, float]:
         elif r["task"] == "retrieval":
             out |= {k: r[k] for k in ("i2t_R@1", "t2i_R@1")}
             out["rsum"] = sum(r[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+        elif r["task"] == "compositional-negatives":
+            out["svlc"] = r["macro_accuracy"]  # true caption vs its structured hard negatives, chance 0.5
         elif r["task"] == "grounding":
             out |= {"block": r["block_top1"], "caption": r["caption_top1"]}
     return out
@@ -111,7 +117,8 @@ def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
     seconds = time.perf_counter() - start
     model = load(out)
     row = {"arm": arm.name, "steps": steps, "train_seconds": round(seconds, 1),
-           **headline(run_tasks(model, ["zeroshot", "compositional", "retrieval", "grounding"]).results)}
+           **headline(run_tasks(model, ["zeroshot", "compositional", "retrieval", "grounding",
+                                        "compositional-negatives"]).results)}
     if cfg.model.text.prefix_tokens:
         label_view = LabelPrefixAligner(**vars(model))
         row["zeroshot_label_prefix"] = headline(run_tasks(label_view, ["zeroshot"]).results)["zeroshot"]
@@ -185,7 +192,23 @@ def main() -> None:
     for arm in arms.values():
         rows.append(run_arm(arm, args.steps, work, args.eval_n))
         print(json.dumps(rows[-1]), flush=True)
-    write(rows, arms, args, time.perf_counter() - start)
+    rows = kept_rows(rows, args) + rows
+    order = [a.name for a in ARMS]
+    rows.sort(key=lambda r: order.index(r["arm"]))
+    write(rows, {a.name: a for a in ARMS if a.name in {r["arm"] for r in rows}}, args, time.perf_counter() - start)
+
+
+def kept_rows(new_rows: list[dict], args) -> list[dict]:
+    """Rows of earlier runs at the same budget whose arms were not rerun now, so that running one arm
+    (``--arms negatives``) adds its row to the table instead of replacing the table."""
+    path = RESULTS / "catalogue_objectives.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if (earlier["steps"], earlier["eval_n"]) != (args.steps, args.eval_n):
+        return []
+    rerun = {r["arm"] for r in new_rows}
+    return [r for r in earlier["rows"] if r["arm"] not in rerun and r["arm"] in {a.name for a in ARMS}]
 
 
 if __name__ == "__main__":
