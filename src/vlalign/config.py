@@ -168,6 +168,9 @@ class EvalConfig:
     vqa_n: int = 1000  # held-out questions for the vqa task
     caption_n: int = 200  # held-out images for the caption task (and the alignment diagnostic)
     batch_size: int = 256
+    # How zero-shot pools a class's prompts: "mean" embedding, "max" score, or "auto" (max on the shapes world,
+    # whose prompts enumerate sizes and positions; mean for paraphrase templates). See vlalign.eval.zeroshot.
+    prompt_ensemble: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -201,6 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
+    "eval.prompt_ensemble": ("auto", "mean", "max"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.

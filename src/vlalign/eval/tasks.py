@@ -22,7 +22,7 @@ from vlalign.eval import plots
 from vlalign.eval.channels import channel_subsets, subset_accuracies, summarise
 from vlalign.eval.late_interaction import PromptScores, token_similarities
 from vlalign.eval.retrieval import retrieval_metrics, retrieval_metrics_from_scores
-from vlalign.eval.zeroshot import class_embeddings, classification_metrics, zeroshot_classify
+from vlalign.eval.zeroshot import PromptBank, classification_metrics
 
 
 @dataclass
@@ -108,6 +108,13 @@ def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[s
     return {"class": (list(source.classes), [[t.format(c=c) for t in templates] for c in source.classes], None)}
 
 
+def prompt_ensemble(model: Aligner, is_shapes: bool) -> str:
+    """``eval.prompt_ensemble``; "auto" takes "max" for the shapes label sets, whose prompts enumerate the
+    sizes and positions a class comes in, and "mean" for paraphrase templates (``vlalign.eval.zeroshot``)."""
+    choice = model.config.eval.prompt_ensemble
+    return ("max" if is_shapes else "mean") if choice == "auto" else choice
+
+
 def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: int) -> TaskResult:
     images, _, labels, samples = load_arrays(source, limit)
     is_shapes = hasattr(source, "scene")
@@ -119,12 +126,15 @@ def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: 
     result = TaskResult([])
     for label_set, (names, prompts, set_labels) in label_sets.items():
         set_labels = torch.tensor(labels if set_labels is None else set_labels)
+        ensemble = prompt_ensemble(model, is_shapes)
         if model.late_interaction:
+            ensemble = "mean"  # PromptScores pools token-wise scores by their mean
             metrics = classification_metrics(scores.class_logits(prompts), set_labels, len(prompts))
         else:
-            metrics = zeroshot_classify(image_embeds, class_embeddings(model.encode_text, prompts), set_labels)
+            logits = PromptBank(model.encode_text, prompts, ensemble).scores(image_embeds)  # [N, K]
+            metrics = classification_metrics(logits, set_labels, len(prompts))
         confusion = metrics.pop("confusion")
-        result.results.append({"task": task_name, "data": spec, "labels": label_set, **metrics})
+        result.results.append({"task": task_name, "data": spec, "labels": label_set, "ensemble": ensemble, **metrics})
         if label_set in ("shape+colour", "class"):
             present = sorted(set(set_labels.tolist()))
             result.figures[f"{task_name}: confusion ({label_set})"] = plots.confusion_matrix(
@@ -187,11 +197,11 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
         _, prompts, set_labels = (_shapes_label_sets(samples)["shape+colour"] if is_shapes
                                   else _generic_label_set(source)["class"])
         labels = labels if set_labels is None else set_labels
-        class_embeds = class_embeddings(model.encode_text, prompts)  # [K, E]
-        method = "zeroshot"
+        bank = PromptBank(model.encode_text, prompts, prompt_ensemble(model, is_shapes))
+        method = f"zeroshot ({bank.ensemble} over prompts)"
 
         def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            return model.model.encode_image(x, ids) @ class_embeds.t()
+            return bank.scores(model.model.encode_image(x, ids))  # [B, K]
 
     labels = torch.tensor(labels)
     if (labels < 0).any():
