@@ -26,7 +26,7 @@ from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
-from vlalign.models.transfer import language_model_source, load_matching_weights
+from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 
@@ -114,7 +114,10 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
-    inherited = language_model_source(cfg.model.init_from) if cfg.model.arch != "dual-encoder" else None
+    if cfg.model.arch == "dual-encoder":
+        inherited = text_tower_source(cfg.model.init_from, cfg.model.init_modules)
+    else:
+        inherited = language_model_source(cfg.model.init_from)
     if inherited is not None:
         tokenizer = TextTokenizer.load(inherited / TOKENIZER_FILE)
     else:
