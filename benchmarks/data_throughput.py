@@ -115,13 +115,13 @@ def order_rows(specs: dict[str, tuple[str, int]], image_size: int, epochs: int) 
     """Exact vs resampled order with 0 and 2 workers for each named (data spec, batch size)."""
     rows = []
     transform = ImageTransform(image_size, 3)
-    for name, (spec, batch_size) in specs.items():
+    for name, (spec, size) in specs.items():
         source = build_source(spec)
         tokenizer = train_tokenizer(source_captions(source), vocab_size=256)
         for workers in (0, 2):
-            rates = {order: order_rate(spec, tokenizer, transform, batch_size, workers, order, epochs)
+            rates = {order: order_rate(spec, tokenizer, transform, size, workers, order, epochs)
                      for order in ("exact", "resampled")}
-            rows.append({"data": name, "samples": len(source), "batch_size": batch_size,
+            rows.append({"data": name, "samples": len(source), "batch_size": size,
                          "workers": workers,
                          "epochs": epochs, "exact_per_s": round(rates["exact"], 1),
                          "resampled_per_s": round(rates["resampled"], 1),

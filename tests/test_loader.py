@@ -10,7 +10,6 @@ from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import ConfigError
 
-
 SOURCE = build_source("shapes:n=96,seed=3,size=32")
 TOKENIZER = train_tokenizer(SOURCE.captions(), vocab_size=300)
 
