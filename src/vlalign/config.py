@@ -33,7 +33,9 @@ class DataConfig:
     fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
     cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
-    order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+    # "exact": order is a function of (seed, epoch, rank, position), resume continues with the next sample;
+    # "resampled": random batches without epochs from one long-lived worker pool, resume starts a fresh stream
+    order: str = "exact"
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
     normalization: str = "auto"
@@ -186,7 +188,7 @@ class RunConfig:
 
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.order": ("exact",),
+    "data.order": ("exact", "resampled"),
     "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel", "conv"),
     "model.arch": ("dual-encoder", "lm", "vlm"),

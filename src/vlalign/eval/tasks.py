@@ -76,6 +76,14 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
     return spec
 
 
+def labelled_eval_spec(model: Aligner) -> str:
+    """Default data of the classification tasks: held-out single-object scenes for a run trained on the
+    shapes world, else the run's ``data.eval`` (e.g. ``fashion-mnist:test``)."""
+    if model.config.data.train.startswith("shapes:"):
+        return _shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    return model.config.data.eval
+
+
 def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
     """For single-object shapes scenes: label set name -> (class names, prompts per class, labels).
 
@@ -145,7 +153,7 @@ def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: 
 @task("zeroshot")
 def zeroshot(model: Aligner, spec: str | None) -> TaskResult:
     """Zero-shot classification with prompt ensembles; on shapes: shape, colour and shape+colour labels."""
-    spec = spec or _shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    spec = spec or labelled_eval_spec(model)
     return _classify(model, "zeroshot", spec, build_source(spec), model.config.eval.zeroshot_n)
 
 
@@ -184,9 +192,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     prompts (on shapes: the "colour shape" classes). Default data: held-out single-object shapes
     for a shapes run, else the run's ``data.eval``.
     """
-    trained_on_shapes = model.config.data.train.startswith("shapes:")
-    spec = spec or (_shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude") if trained_on_shapes
-                    else model.config.data.eval)
+    spec = spec or labelled_eval_spec(model)
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
     pixels = model.preprocess(images)  # [N, C, H, W], every channel

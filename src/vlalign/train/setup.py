@@ -152,7 +152,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
-                    collate_fn=collate_fn)
+                    collate_fn=collate_fn, order=cfg.data.order)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
 
 
