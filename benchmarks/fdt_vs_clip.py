@@ -46,7 +46,11 @@ def main() -> None:
                 rows.append(run(recipe, equal_time_steps, seed, work, FDT + args.extra, fdt_label))
             print(table(rows), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fdt_vs_clip.json").write_text(json.dumps(rows, indent=1))
+    path = RESULTS / "fdt_vs_clip.json"
+    rerun = {label for recipe in args.recipes for label in (recipe, recipe.replace("-clip", "-fdt"))}
+    if path.exists():  # keep the rows of datasets not rerun now
+        rows = [r for r in json.loads(path.read_text()) if r["recipe"] not in rerun] + rows
+    path.write_text(json.dumps(rows, indent=1))
     (RESULTS / "fdt_vs_clip.md").write_text("# CLIP vs CLIP+FDT\n\n" + table(rows) + "\n")
 
 
