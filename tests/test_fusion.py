@@ -79,6 +79,20 @@ def test_fiber_with_open_gates_lets_each_tower_read_the_other():
     assert torch.allclose(padded.image_pooled, fused.image_pooled, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["fiber", "manager"])
+def test_trailing_padding_changes_no_fused_feature(kind):
+    model = fused_model(kind).eval()
+    with torch.no_grad():
+        for name, param in model.cross_modal.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
+    images, ids, mask = batch()  # the last two columns are padding in every row: the fused pass drops them
+    vision, text = model.vision(images), model.text_features(ids, mask)
+    cross = model.cross_modal
+    full = cross.matching_head(cross.fusion(model.vision, model.text, vision, text))
+    assert torch.allclose(cross.match_logits(model.vision, model.text, vision, text), full, atol=1e-6)
+
+
 # --- ManagerTower -------------------------------------------------------------------------------
 
 

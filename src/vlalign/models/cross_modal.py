@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlalign.data.tokenizer import SPECIAL_TOKENS, UNK
-from vlalign.models.fusion import FusedFeatures, select_rows
+from vlalign.models.fusion import FusedFeatures, select_rows, trim_padding
 from vlalign.models.layers import init_weights
 from vlalign.models.text import TextFeatures, TextTransformer
 from vlalign.models.vit import VisionFeatures, VisionTransformer
@@ -136,12 +136,14 @@ class CrossModal(nn.Module):
     def match_logits(self, vision_tower: VisionTransformer, text_tower: TextTransformer, vision: VisionFeatures,
                      text: TextFeatures) -> torch.Tensor:
         """[P, 2] ITM logits of the aligned rows of ``vision`` and ``text``."""
-        return self.matching_head(self.fusion(vision_tower, text_tower, vision, text))
+        return self.matching_head(self.fusion(vision_tower, text_tower, vision, trim_padding(text)))
 
     def forward(self, vision_tower: VisionTransformer, text_tower: TextTransformer, vision: VisionFeatures,
                 text: TextFeatures, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
                 text_ids: torch.Tensor) -> FusionOutput:
         B = text_ids.shape[0]
+        text = trim_padding(text)  # the fused passes skip the columns no text of the batch uses
+        text_ids = text_ids[:, : text.mask.shape[1]]
         with torch.no_grad():  # mining only picks rows; no gradient flows through the choice
             similarity = logit_scale * image_embeds @ text_embeds.t()  # [B, B]
             same_caption = (text_ids[:, None, :] == text_ids[None, :, :]).all(-1)  # [B, B]

@@ -135,6 +135,14 @@ def cls_key_mask(patch_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch
     return torch.cat([patch_mask.new_ones(hidden.shape[0], 1), patch_mask], dim=1)
 
 
+def trim_padding(text: TextFeatures) -> TextFeatures:
+    """The token columns up to the last real token of any row. Padding is never attended to nor pooled,
+    so the trailing columns that are padding in every row change no fused feature; they only cost."""
+    used = int(text.mask.any(0).nonzero().max()) + 1 if text.mask.any() else 1
+    return TextFeatures(text.pooled, text.tokens[:, :used], text.mask[:, :used],
+                        [h[:, :used] for h in text.intermediates])
+
+
 def select_rows(features: VisionFeatures | TextFeatures, index: torch.Tensor) -> VisionFeatures | TextFeatures:
     """The rows ``index`` [P] of every tensor in ``features`` (intermediates included)."""
     return dataclasses.replace(features, **{f.name: _take(getattr(features, f.name), index)
