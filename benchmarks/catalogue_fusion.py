@@ -185,8 +185,8 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
         lines.append(f"| {arm.name} | {arm.claim} | {small_scale(arm, r, by_name)} |")
     states = [r for r in rows if "gates" in r or "manager_weights" in r]
     if states:
-        lines += ["", "After training: FIBER's gates tanh(α) per direction and layer; ManagerTower's softmax weights "
-                  "over the managed unimodal layers (lower layer first) per cross-modal layer.", ""]
+        lines += ["", ("After training: FIBER's gates tanh(α) per direction and layer; ManagerTower's softmax weights "
+                       "over the managed unimodal layers (lower layer first) per cross-modal layer."), ""]
         lines += [f"- {r['arm']}: `{json.dumps(r.get('gates') or r.get('manager_weights'))}`" for r in states]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_fusion.md").write_text("\n".join(lines) + "\n")
