@@ -104,7 +104,7 @@ def mask_tokens(ids: torch.Tensor, mask: torch.Tensor, probability: float,
     picked = (torch.rand(ids.shape, device=ids.device) < probability) & maskable
     unpicked = maskable.any(1) & ~picked.any(1)  # [B] texts that drew no pick
     if unpicked.any():
-        one = (torch.rand(ids.shape, device=ids.device) * maskable).argmax(1)  # [B] a random word position
+        one = torch.rand(ids.shape, device=ids.device).masked_fill(~maskable, -1).argmax(1)  # [B] a random word
         picked[unpicked, one[unpicked]] = True
     targets = torch.where(picked, ids, IGNORE)
     roll = torch.rand(ids.shape, device=ids.device)

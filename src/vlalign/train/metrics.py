@@ -95,6 +95,8 @@ def count_flops_per_sample(model: nn.Module, batch: dict) -> float:
         out = model(few.get("images"), few["text_ids"], few["text_mask"], few.get("channel_ids"), *negatives,
                     **options)
         outputs = [getattr(out, f.name) for f in dataclasses.fields(out)]
+        if getattr(out, "fusion", None) is not None:  # the fused pairs' logits carry the fusion layers' backward
+            outputs += [out.fusion.match_logits, out.fusion.mlm_logits]
         sum(t.float().sum() for t in outputs if torch.is_tensor(t) and t.requires_grad).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops()) / samples
