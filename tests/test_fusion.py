@@ -62,11 +62,13 @@ def test_fiber_with_closed_gates_is_exactly_the_plain_dual_encoder(text_pool):
     assert torch.equal(out.image_embeds, reference.image_embeds) and torch.equal(out.text_embeds, reference.text_embeds)
 
 
-def test_fiber_with_open_gates_lets_each_tower_read_the_other():
-    model = fused_model().eval()
-    with torch.no_grad():
-        for module in (*model.cross_modal.fusion.image_to_text, *model.cross_modal.fusion.text_to_image):
-            module.gate.fill_(0.5)
+@pytest.mark.parametrize("kind", ["fiber", "manager"])
+def test_each_fused_stream_reads_the_other(kind):
+    model = fused_model(kind).eval()
+    with torch.no_grad():  # FIBER: open the gates
+        for name, param in model.cross_modal.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
     images, ids, mask = batch()
     _, _, fused = fuse(model, images, ids, mask)
     _, _, other_text = fuse(model, images, ids.roll(1, 0), mask.roll(1, 0))
