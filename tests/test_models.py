@@ -10,9 +10,10 @@ from vlalign.objectives import OBJECTIVES, build_objective
 GENERATIVE = {name for names in GENERATIVE_OBJECTIVES.values() for name in names}  # tested in test_cgvlm.py
 
 
-def tiny_model(head="projection", **vision):
+def tiny_model(head="projection", fusion="none", **vision):
     cfg = ModelConfig()
     cfg.vision.size, cfg.text.size, cfg.embed_dim, cfg.head = "vit-micro", "text-micro", 16, head
+    cfg.fusion.kind, cfg.fusion.mlm_probability = fusion, 0.15 if fusion != "none" else 0.0
     cfg.fdt.num_codes, cfg.fdt.code_dim = 64, 16
     for k, v in vision.items():
         setattr(cfg.vision, k, v)
@@ -59,11 +60,13 @@ UNUSED = {"clip": ("logit_bias", "classifier."), "siglip": ("classifier.",), "fd
 
 
 HEADS = {"fdt": "fdt", "filip": "tokens"}  # objectives that need a particular head
+FUSION = {"fusion": "fiber"}  # objectives that need fusion layers (test_fusion.py covers the manager)
+UNUSED["fusion"] = ("logit_bias", "classifier.")
 
 
 @pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - set(GENERATIVE)))
 def test_every_objective_trains_every_parameter(name):
-    model = tiny_model(head=HEADS.get(name, "projection"))
+    model = tiny_model(head=HEADS.get(name, "projection"), fusion=FUSION.get(name, "none"))
     model.classifier = LinearClassifier(model.vision.width, 3)
     objective = build_objective(ObjectiveConfig(name=name))
     images, ids, mask = batch()

@@ -99,6 +99,20 @@ class VLMConfig:
 
 
 @dataclass(kw_only=True)
+class FusionConfig:
+    """Cross-modal fusion on the dual encoder (issue 11: FIBER, UNITER, ManagerTower), trained by objective
+    "fusion"; the contrastive embeddings stay unimodal (see vlalign.models.cross_modal)."""
+
+    # "none" | "fiber" (gated cross-attention in the towers' top blocks) | "manager" (ManagerTower's
+    # cross-modal layers over the towers, each fed by managers that mix several unimodal layers)
+    kind: str = "none"
+    num_layers: int = 1  # fiber: top blocks of each tower that cross-attend (below the tower depth); manager: layers
+    num_managed_layers: int = 0  # manager: top unimodal layers each manager mixes; 0 = all, 1 = the last only
+    itm_negatives: str = "hard"  # ITM negatives: "hard" (from the batch's contrastive softmax) | "random"
+    mlm_probability: float = 0.0  # > 0: image-conditioned masked language modelling on this fraction of words
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
     arch: str = "dual-encoder"  # "dual-encoder" (CLIP-style) | "lm" (text-only causal LM) | "vlm" (LLaVA-style)
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -115,6 +129,7 @@ class ModelConfig:
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
     init_modules: list[str] = field(default_factory=list)  # copy only these top-level modules (e.g. [vision]); [] = all
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 @dataclass(kw_only=True)
@@ -133,6 +148,8 @@ class ObjectiveConfig:
     # samples of a labelled set sharing a class are positives) | "ptp" (clip + position-prompt InfoNCE)
     ptp_weight: float = 1.0  # ptp: w in L = L_clip + w·L_prompt (PTP, Wang et al. 2023)
     ptp_concat: bool = False  # append a position prompt to every training caption (PTP's reference data)
+    # Also "fusion": L = L_itc + L_itm (+ L_mlm with model.fusion.mlm_probability > 0) + wra_weight · L_wra
+    wra_weight: float = 0.0  # fusion: word-region alignment by optimal transport (UNITER uses 0.1); 0 = off
 
 
 @dataclass(kw_only=True)
@@ -173,6 +190,7 @@ class EvalConfig:
     # How zero-shot pools a class's prompts: "mean" embedding, "max" score, or "auto" (max on the shapes world,
     # whose prompts enumerate sizes and positions; mean for paraphrase templates). See vlalign.eval.zeroshot.
     prompt_ensemble: str = "auto"
+    rerank_k: int = 16  # retrieval-itm: contrastive top-k candidates the ITM head re-scores
 
 
 @dataclass(kw_only=True)
@@ -201,12 +219,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
-    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp"),
+    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
+                       "fusion"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
     "eval.prompt_ensemble": ("auto", "mean", "max"),
+    "model.fusion.kind": ("none", "fiber", "manager"),
+    "model.fusion.itm_negatives": ("hard", "random"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
@@ -284,6 +305,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     _validate_catalogue(cfg, source)
+    _validate_fusion(cfg, source)
     return cfg
 
 
@@ -312,6 +334,43 @@ def _validate_catalogue(cfg: RunConfig, source: str) -> None:
                           "Leave data.cache_dir empty.")
     if cfg.objective.ptp_weight < 0:
         raise ConfigError(f"Config key 'objective.ptp_weight' in {source} must be >= 0, got {cfg.objective.ptp_weight}.")
+
+
+def _validate_fusion(cfg: RunConfig, source: str) -> None:
+    """FIBER, UNITER and ManagerTower (issue 11): fusion and objective "fusion" come together."""
+    from vlalign.models.registry import text_size, vision_size
+
+    f, name = cfg.model.fusion, cfg.objective.name
+    if (f.kind != "none") != (name == "fusion"):
+        raise ConfigError(f"In {source}: objective.name=fusion trains the fusion layers and needs them, and fusion "
+                          f"layers need objective.name=fusion; got model.fusion.kind '{f.kind}' with objective "
+                          f"'{name}'.")
+    if cfg.objective.wra_weight < 0:
+        raise ConfigError(f"Config key 'objective.wra_weight' in {source} must be >= 0, got {cfg.objective.wra_weight}.")
+    if cfg.eval.rerank_k <= 0:
+        raise ConfigError(f"Config key 'eval.rerank_k' in {source} must be positive, got {cfg.eval.rerank_k}.")
+    if f.kind == "none":
+        return
+    m = cfg.model
+    if m.arch != "dual-encoder" or m.text.tower != "vlalign" or m.text.prefix_tokens:
+        raise ConfigError(f"In {source}: model.fusion.kind={f.kind} runs the vlalign towers' blocks; it needs "
+                          "model.arch=dual-encoder, model.text.tower=vlalign and model.text.prefix_tokens=0.")
+    if not 0 <= f.mlm_probability < 1:
+        raise ConfigError(f"Config key 'model.fusion.mlm_probability' in {source} must be in [0, 1), "
+                          f"got {f.mlm_probability}.")
+    vision, text = vision_size(m.vision.size), text_size(m.text.size)
+    depth = min(vision.depth, text.depth)
+    if f.kind == "fiber" and not 1 <= f.num_layers < depth:
+        raise ConfigError(f"Config key 'model.fusion.num_layers' in {source} is {f.num_layers}: FIBER fuses the top "
+                          f"blocks of each tower and starts below them, so it must be in [1, {depth - 1}] for "
+                          f"{m.vision.size} and {m.text.size}.")
+    if f.kind == "manager" and (f.num_layers < 1 or not 0 <= f.num_managed_layers <= depth):
+        raise ConfigError(f"In {source}: model.fusion.kind=manager needs num_layers >= 1 and num_managed_layers in "
+                          f"[0, {depth}] (0 = all layers), got {f.num_layers} and {f.num_managed_layers}.")
+    if f.kind == "fiber" and cfg.objective.wra_weight > 0 and vision.width != text.width:
+        raise ConfigError(f"In {source}: objective.wra_weight compares fused words with fused patches, which FIBER "
+                          f"leaves at the tower widths ({vision.width} vs {text.width}); use towers of one width "
+                          "or model.fusion.kind=manager.")
 
 
 def _validate_arch(cfg: RunConfig, source: str) -> None:

@@ -2,8 +2,9 @@
 
 Heads are components: ``PooledProjection`` (CLIP: a linear map of the pooled feature) by default;
 token-level heads (FDT, FILIP's ``TokenProjection``) plug in the same way. An optional ``text_prefix``
-(``vlalign.models.prefix``) conditions the text tower on the text type. ``forward`` returns features,
-never a loss.
+(``vlalign.models.prefix``) conditions the text tower on the text type. An optional ``cross_modal``
+(``vlalign.models.cross_modal``) fuses the towers for image-text matching and masked language modelling
+(FIBER, UNITER, ManagerTower). ``forward`` returns features, never a loss.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlalign.models.cross_modal import FusionOutput
 from vlalign.models.text import TextFeatures, TextTransformer
 from vlalign.models.vit import VisionFeatures, VisionTransformer
 
@@ -31,6 +33,7 @@ class AlignmentOutput:
     # "class_logits" [B, K] from the optional image classifier)
     negative_embeds: torch.Tensor | None = None  # [B, E] L2-normalised hard-negative captions, when given
     prompt_embeds: torch.Tensor | None = None  # [B, E] L2-normalised auxiliary prompts (PTP), when given
+    fusion: FusionOutput | None = None  # fused pairs and their ITM/MLM logits, with a cross-modal module
 
 
 class PooledProjection(nn.Module):
@@ -74,11 +77,12 @@ class FDTHead(nn.Module):
 
 class DualEncoder(nn.Module):
     """``classifier`` (optional) maps the vision features to class logits, for supervised objectives;
-    ``text_prefix`` (optional, a ``DatasetPrefix``) gives the text tower a learned prefix per text type."""
+    ``text_prefix`` (optional, a ``DatasetPrefix``) gives the text tower a learned prefix per text type;
+    ``cross_modal`` (optional, a ``CrossModal``) fuses the two towers' features."""
 
     def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
                  init_temperature: float = 0.07, classifier: nn.Module | None = None,
-                 text_prefix: nn.Module | None = None):
+                 text_prefix: nn.Module | None = None, cross_modal: nn.Module | None = None):
         super().__init__()
         self.vision = vision
         self.text = text
@@ -86,6 +90,7 @@ class DualEncoder(nn.Module):
         self.text_head = text_head
         self.classifier = classifier
         self.text_prefix = text_prefix
+        self.cross_modal = cross_modal
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
@@ -152,8 +157,12 @@ class DualEncoder(nn.Module):
             negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask))[0]
         if prompt_ids is not None:
             prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
+        fusion = None
+        if self.cross_modal is not None:
+            fusion = self.cross_modal(self.vision, self.text, vision, text, image_embeds, text_embeds,
+                                      self.logit_scale.exp(), text_ids)
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
-                               extras, negative_embeds, prompt_embeds)
+                               extras, negative_embeds, prompt_embeds, fusion)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

@@ -6,10 +6,13 @@ from torch import nn
 
 from vlalign.config import ModelConfig
 from vlalign.models.adapters import apply_adapter
+from vlalign.models.cross_modal import CrossModal, MaskedTokenHead, MatchingHead
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
 from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection, TokenProjection
 from vlalign.models.fdt import FDTCodebook, FDTGrounding
+from vlalign.models.fusion import FiberFusion
 from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
+from vlalign.models.manager import ManagerFusion
 from vlalign.models.channel_sampling import HierarchicalChannelSampling
 from vlalign.models.channel_vit import ChannelPatchEmbed
 from vlalign.models.classifier import LinearClassifier
@@ -83,6 +86,25 @@ def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[n
     return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
 
 
+def build_cross_modal(cfg: ModelConfig, vision: VisionTransformer, text: TextTransformer,
+                      vocab_size: int) -> CrossModal | None:
+    """``model.fusion``: FIBER's gated fusion in the towers or ManagerTower's layers, with the ITM (and MLM) heads."""
+    f = cfg.fusion
+    if f.kind == "none":
+        return None
+    v, t = vision_size(cfg.vision.size), text_size(cfg.text.size)
+    if f.kind == "fiber":
+        fusion = FiberFusion(v.width, v.heads, t.width, t.heads, f.num_layers)
+        image_width, text_width = v.width, t.width
+    else:  # ManagerTower's cross-modal layers run at the text tower's width and heads
+        fusion = ManagerFusion(v.width, t.width, t.width, t.heads, f.num_layers, f.num_managed_layers or v.depth,
+                               f.num_managed_layers or t.depth)
+        image_width = text_width = t.width
+    mlm_head = MaskedTokenHead(text_width, vocab_size) if f.mlm_probability > 0 else None
+    return CrossModal(fusion, MatchingHead(image_width, text_width), mlm_head, f.mlm_probability, f.itm_negatives,
+                      vocab_size)
+
+
 def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
                 context_length: int) -> DualEncoder | VisionLanguageModel:
     if cfg.arch in ("lm", "vlm"):
@@ -92,7 +114,8 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
     image_head, text_head = build_heads(cfg, vision.width, text.width)
     classifier = LinearClassifier(vision.width, cfg.num_classes) if cfg.num_classes > 0 else None
     prefix = DatasetPrefix(cfg.text.prefix_tokens, text.width) if cfg.text.prefix_tokens else None
-    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier, prefix)
+    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier, prefix,
+                        build_cross_modal(cfg, vision, text, vocab_size))
     if cfg.text.locked:
         text.requires_grad_(False)
     if cfg.vision.locked:  # LiT's locked image tower; its head still trains (FILIP needs it for tokens)

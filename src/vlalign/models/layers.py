@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +38,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+    ``cross`` (optional) maps the residual stream between the two: FIBER's cross-attention into the
+    other tower (``vlalign.models.fusion``). Passing it through ``forward`` keeps module hooks (FSDP) intact.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -45,8 +51,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                cross: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+        if cross is not None:
+            x = cross(x)
         return x + self.mlp(self.ln_2(x))
 
 

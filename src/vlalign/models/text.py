@@ -51,9 +51,15 @@ class TextTransformer(nn.Module):
         x = x + self.pos[:, : P + L]
         causal = self.pool == "eot"
         x, intermediates = self.transformer(x, padding_attn_mask(mask, causal=causal))
-        x = self.ln_final(x)
         if P:  # back to the caller's L token positions; pooling below still sees the prefix through attention
             x, mask, intermediates = x[:, P:], mask[:, P:], [h[:, P:] for h in intermediates]
+        return self.finish(x, mask, intermediates)
+
+    def finish(self, hidden: torch.Tensor, mask: torch.Tensor, intermediates: list[torch.Tensor]) -> TextFeatures:
+        """Final norm and pooling of the last block's output ``hidden`` [B, L, D]; the fusion layers
+        (``vlalign.models.fusion``) end their pass through the tower's top blocks here too."""
+        B = hidden.shape[0]
+        x = self.ln_final(hidden)
         if self.pool == "eot":
             last = mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token (right padding)
             pooled = x[torch.arange(B, device=x.device), last]

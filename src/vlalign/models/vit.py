@@ -92,13 +92,19 @@ class VisionTransformer(nn.Module):
             full = torch.cat([patches.mask.new_ones(B, 1), patches.mask], dim=1)
             attn_mask = padding_attn_mask(full)
         x, intermediates = self.transformer(x, attn_mask)
-        x = self.ln_post(x)
+        return self.finish(x, patches.mask, intermediates)
+
+    def finish(self, hidden: torch.Tensor, patch_mask: torch.Tensor | None,
+               intermediates: list[torch.Tensor]) -> VisionFeatures:
+        """Final norm and pooling of the last block's output ``hidden`` [B, 1+T, D] (CLS first); the fusion
+        layers (``vlalign.models.fusion``) end their pass through the tower's top blocks here too."""
+        x = self.ln_post(hidden)
         tokens = x[:, 1:]
         if self.pool == "cls":
             pooled = x[:, 0]
-        elif patches.mask is None:
+        elif patch_mask is None:
             pooled = tokens.mean(1)
         else:
-            m = patches.mask.unsqueeze(-1).to(tokens.dtype)
+            m = patch_mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * m).sum(1) / m.sum(1).clamp_min(1)
-        return VisionFeatures(pooled=pooled, tokens=tokens, mask=patches.mask, intermediates=intermediates)
+        return VisionFeatures(pooled=pooled, tokens=tokens, mask=patch_mask, intermediates=intermediates)

@@ -181,3 +181,33 @@ def ptp_objective(cfg: ObjectiveConfig) -> Objective:
         return loss, {"loss/clip": caption.item(), "loss/ptp": prompt.item()}
 
     return objective
+
+
+@register("fusion")
+def fusion_objective(cfg: ObjectiveConfig) -> Objective:
+    """FIBER / UNITER / ManagerTower on a fused dual encoder (``vlalign.models.cross_modal``):
+    L = L_itc + L_itm (+ L_mlm when the model masks words) + wra_weight · L_wra. The contrastive term
+    stays on the unimodal embeddings, so retrieval needs no fusion; the fused pairs carry the rest."""
+    from vlalign.objectives.matching import masked_token_loss, matching_loss, word_region_loss
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        fusion = out.fusion
+        if fusion is None:
+            raise ConfigError("objective.name=fusion needs fusion layers: set model.fusion.kind to fiber or manager.")
+        itc = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        itm = matching_loss(fusion.match_logits, fusion.match_labels)
+        accuracy = (fusion.match_logits.argmax(1) == fusion.match_labels).float().mean().item()
+        loss = itc + itm
+        metrics = {"loss/itc": itc.item(), "loss/itm": itm.item(), "itm_accuracy": accuracy}
+        if fusion.mlm_logits is not None:
+            mlm = masked_token_loss(fusion.mlm_logits, fusion.mlm_targets)
+            loss = loss + mlm
+            metrics |= {"loss/mlm": mlm.item(),
+                        "mlm_accuracy": (fusion.mlm_logits.argmax(1) == fusion.mlm_targets).float().mean().item()}
+        if cfg.wra_weight > 0:
+            wra = word_region_loss(fusion.fused, fusion.match_labels)
+            loss = loss + cfg.wra_weight * wra
+            metrics["loss/wra"] = wra.item()
+        return loss, metrics
+
+    return objective

@@ -361,3 +361,37 @@ def shapes_ptp() -> RunConfig:
     cfg.objective.name = "ptp"
     cfg.eval.tasks = [*cfg.eval.tasks, "grounding"]
     return cfg
+
+
+@recipe
+def shapes_fiber() -> RunConfig:
+    """FIBER: gated cross-attention in the top 2 blocks of both towers, ITC + ITM on mined hard negatives;
+    retrieval-itm re-ranks the contrastive top-k with the matching head."""
+    cfg = shapes_clip()
+    cfg.model.fusion.kind = "fiber"
+    cfg.model.fusion.num_layers = 2
+    cfg.objective.name = "fusion"
+    cfg.eval.tasks = [*cfg.eval.tasks, "retrieval-itm"]
+    return cfg
+
+
+@recipe
+def shapes_uniter() -> RunConfig:
+    """UNITER's objectives on FIBER's fusion: image-conditioned MLM, ITM and word-region alignment by OT (λ=0.1)."""
+    cfg = shapes_fiber()
+    cfg.model.fusion.mlm_probability = 0.15
+    cfg.objective.wra_weight = 0.1
+    return cfg
+
+
+@recipe
+def shapes_manager() -> RunConfig:
+    """ManagerTower: 2 cross-modal layers whose managers mix every unimodal layer; ITC + ITM + MLM.
+    `--set model.fusion.num_managed_layers=1` is the last-layer-only ablation."""
+    cfg = shapes_clip()
+    cfg.model.fusion.kind = "manager"
+    cfg.model.fusion.num_layers = 2
+    cfg.model.fusion.mlm_probability = 0.15
+    cfg.objective.name = "fusion"
+    cfg.eval.tasks = [*cfg.eval.tasks, "retrieval-itm"]
+    return cfg

@@ -84,18 +84,22 @@ def count_flops_per_sample(model: nn.Module, batch: dict) -> float:
     """FLOPs of one forward + backward of one sample (dense ops, as counted by ``FlopCounterMode``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    one = {k: v[:1] for k, v in batch.items() if torch.is_tensor(v)}
+    # Two samples, divided by two: fusion layers (model.fusion) pair each sample with a negative from the batch.
+    few = {k: v[:2] for k, v in batch.items() if torch.is_tensor(v)}
+    samples = few["text_ids"].shape[0]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     # fork_rng: random layers must not draw here, or a resumed run's RNG stream would shift.
     with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-        negatives = (one["negative_ids"], one["negative_mask"]) if "negative_ids" in one else ()
-        options = {name: one[name] for name in OPTIONAL_INPUTS if name in one}
-        out = model(one.get("images"), one["text_ids"], one["text_mask"], one.get("channel_ids"), *negatives,
+        negatives = (few["negative_ids"], few["negative_mask"]) if "negative_ids" in few else ()
+        options = {name: few[name] for name in OPTIONAL_INPUTS if name in few}
+        out = model(few.get("images"), few["text_ids"], few["text_mask"], few.get("channel_ids"), *negatives,
                     **options)
         outputs = [getattr(out, f.name) for f in dataclasses.fields(out)]
+        if getattr(out, "fusion", None) is not None:  # the fused pairs' logits carry the fusion layers' backward
+            outputs += [out.fusion.match_logits, out.fusion.mlm_logits]
         sum(t.float().sum() for t in outputs if torch.is_tensor(t) and t.requires_grad).backward()
     model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) / samples
 
 
 def peak_memory_mib() -> float:
