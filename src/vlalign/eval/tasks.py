@@ -16,6 +16,7 @@ import torch
 
 from vlalign.api import Aligner
 from vlalign.data.sample import CorruptSample, Source
+from vlalign.data.edges import same_modality
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
@@ -73,7 +74,7 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
         spec += ",holdout=" + "+".join(f"{c}-{s}" for c, s in holdout) + f",holdout_mode={mode}"
     elif mode == "only":
         raise DataError("The compositional task needs a training spec with holdout=colour-shape+... combos.")
-    return spec
+    return same_modality(model.config.data.train, spec)  # an edge-map run is scored on edge maps
 
 
 def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:

@@ -181,3 +181,7 @@ def ptp_objective(cfg: ObjectiveConfig) -> Objective:
         return loss, {"loss/clip": caption.item(), "loss/ptp": prompt.item()}
 
     return objective
+
+
+# Catalogue items 8-11 register themselves (GPT4Image, MeDSLIP, VELVET-Med, PS3).
+from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
