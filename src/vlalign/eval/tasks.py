@@ -181,7 +181,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
     pixels = model.preprocess(images)  # [N, C, H, W], every channel
-    if model.config.objective.name == "supervised":
+    if model.config.objective.name in ("supervised", "gpt4image"):  # trained classifier heads
         method, score = "head", model.model.classify_image
     else:
         is_shapes = hasattr(source, "scene")
