@@ -383,6 +383,9 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
     if unknown or len(set(m.attribute_streams)) != len(m.attribute_streams):
         raise ConfigError(f"Config key 'model.attribute_streams' in {source} is {m.attribute_streams}: name each "
                           f"stream once, from {', '.join(ATTRIBUTES)}.")
+    if m.attribute_streams and o.name != "medslip" or m.description_dim and o.name != "gpt4image":
+        raise ConfigError(f"In {source}: model.attribute_streams / model.description_dim add heads that only the "
+                          f"medslip / gpt4image objectives train; objective.name is '{o.name}'.")
     if o.name == "medslip":
         if (o.medslip.stream_weight or o.medslip.separation_weight) and not m.attribute_streams:
             raise ConfigError(f"In {source}: objective.medslip aligns attribute streams; set model.attribute_streams "

@@ -9,7 +9,9 @@ all nine crops is cheap, and it scores the region embeddings the region contrast
 
 The ``region-select`` task asks, for every object whose name is unique in its held-out scene, whether
 the query "a small red circle" selects that object's cell. Chance is 1/9; a model that only knows
-empty cells from occupied ones reaches about 1/(objects in the scene), which is reported too.
+empty cells from occupied ones reaches about 1/(objects in the scene), which is reported too. Colour
+alone settles most items, so ``top1_shared_colour`` scores only the objects whose colour another
+object of the scene shares: there the shape or size has to be read.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ def region_select(model: Aligner, spec: str | None) -> TaskResult:
     image_index, objects, blocks = grounding_items(samples, images[0].shape[-1])
     cells = cell_embeddings(model, images)  # [N, 9, E]
     scores = region_scores(model, cells[torch.tensor(image_index)], [region_caption(o) for o in objects])
-    top1 = (scores.argmax(1) == torch.tensor(blocks)).float().mean().item()
+    right = scores.argmax(1) == torch.tensor(blocks)  # [M]
     occupied = np.mean([1 / len(samples[i].meta["scene"].objects) for i in image_index])
-    return TaskResult([{"task": "region-select", "data": spec, "n": len(objects), "top1": top1, "chance": 1 / CELLS,
-                        "chance_among_objects": float(occupied)}])
+    # Items whose colour another object of the scene shares: colour alone cannot pick the cell.
+    shared = torch.tensor([sum(o.colour == obj.colour for o in samples[i].meta["scene"].objects) > 1
+                           for i, obj in zip(image_index, objects)])
+    result = {"task": "region-select", "data": spec, "n": len(objects), "top1": right.float().mean().item(),
+              "chance": 1 / CELLS, "chance_among_objects": float(occupied), "n_shared_colour": int(shared.sum()),
+              "top1_shared_colour": right[shared].float().mean().item() if shared.any() else float("nan")}
+    return TaskResult([result])
