@@ -49,6 +49,10 @@ ARMS = (
         "MeDSLIP (Fan et al. 2024): dual streams with per-stream alignment, ProtoCL and intra-image contrast beat "
         "6 CNN-based models on NIH CXR14, RSNA, SIIM-ACR (no numbers in the abstract); ablations credit ProtoCL "
         "and the cross-stream term.", focus=("zeroshot", "compositional", "t2i_R@1", "stream_shape", "stream_colour")),
+    Arm("medslip-proto", ("objective.name=medslip", "objective.medslip.stream_weight=0",
+                          "objective.medslip.separation_weight=0"),
+        "Ablation: MeDSLIP's ProtoNCE term alone (k-means prototypes of the captions as extra positives), no streams.",
+        focus=("zeroshot", "compositional", "t2i_R@1", "i2t_R@1")),
     Arm("velvet", ("objective.name=velvet", "model.head=tokens"),
         "VELVET-Med (Zhang et al. 2025): word/sentence/report hierarchical contrast, with only 38,875 CT-report "
         "pairs, reaches state of the art on retrieval, VQA, segmentation and report generation."),
@@ -58,11 +62,16 @@ ARMS = (
         focus=("region_select", "region_select_shared", "zeroshot", "t2i_R@1", "i2t_R@1")),
     Arm("clip-edges", tuple(EDGES),
         "Control for binding: CLIP trained from scratch on edge maps (both towers, its own text space).", baseline=""),
-    Arm("bind-edges", (*EDGES, "model.init_modules=[text,text_head]", "model.text.locked=true",
-                       "model.text.lock_projection=true"),
-        "LanguageBind (Zhu et al. 2024): a new modality's encoder trained into a frozen language space; zero-shot "
-        "+23.8% on LLVIP (infrared) and +11.1% on NYU-D (depth) top-1 over ImageBind-huge, +1.2% R@1 on MSR-VTT. "
-        "Here: edge maps bound to the clip arm's locked text tower and projection.",
+    Arm("bind-edges", (*EDGES, "model.vision.in_channels=3", "model.text.locked=true", "model.text.lock_projection=true"),
+        "LanguageBind (Zhu et al. 2024): a new modality's encoder, started from the VL model's image encoder, trained "
+        "into its frozen language space; zero-shot +23.8% on LLVIP (infrared) and +11.1% on NYU-D (depth) top-1 "
+        "over ImageBind-huge, +1.2% R@1 on MSR-VTT. Here: edge maps (grey, expanded to 3 channels) into the clip "
+        "arm's locked text tower and projection, the image tower starting from the clip arm's.",
+        baseline="clip-edges", focus=("zeroshot_shape", "zeroshot", "t2i_R@1", "edge_to_photo_R@1")),
+    Arm("bind-edges-scratch", (*EDGES, "model.init_modules=[text,text_head]", "model.text.locked=true",
+                               "model.text.lock_projection=true"),
+        "Binding alone: the same locked text space, the edge-map encoder from scratch (1 channel), so that an edge map "
+        "finds its photo only through the text space.",
         baseline="clip-edges", focus=("zeroshot_shape", "zeroshot", "t2i_R@1", "edge_to_photo_R@1")),
     Arm("supervised", ("objective.name=supervised", *FASHION),
         "Baseline: a ViT classifier trained with cross-entropy on Fashion-MNIST.", baseline=""),
@@ -134,7 +143,7 @@ def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
     row = {"arm": arm.name, "steps": steps, "train_seconds": round(seconds, 1)}
     if cfg.model.num_classes:  # Fashion-MNIST classifiers
         row["accuracy"] = classifier_accuracy(model, cfg.data.eval, 4 * eval_n)
-    elif cfg.model.vision.in_channels == 1:  # edge maps: zero-shot, retrieval, and photos found by edge maps
+    elif cfg.data.train.startswith("edges:"):  # edge maps: zero-shot, retrieval, and photos found by edge maps
         row |= headline(run_tasks(model, ["zeroshot", "retrieval"]).results)
         anchor = load(work / "clip")
         cross = cross_modal_retrieval(model, anchor, build_source(cfg.data.eval), eval_n)
@@ -177,8 +186,8 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
          "classifying single objects by shape (colour) against the attribute words (chance 0.143 / 0.125). Edge "
          "arms train and are scored on Sobel edge maps of the same scenes (hue is gone, so `zeroshot_shape` is the "
          "fair zero-shot number); `edge_to_photo_R@1` = an edge map retrieving the photo of its scene among "
-         f"{args.eval_n}, through the clip arm's image encoder (chance {1 / args.eval_n:.3f}): only a shared text "
-         "space makes that possible. `accuracy` = Fashion-MNIST test top-1 of the classifier head "
+         f"{args.eval_n}, through the clip arm's image encoder (chance {1 / args.eval_n:.3f}): the edge encoder was "
+         "never shown a photo, so only a shared space makes that possible. `accuracy` = Fashion-MNIST test top-1 of the classifier head "
          f"({4 * args.eval_n} images)."),
         "",
         ("One seed, early training (250 steps of micro towers): differences below ~0.02 are within seed noise; the "

@@ -345,13 +345,13 @@ def shapes_ps3() -> RunConfig:
 
 @recipe
 def shapes_bind_edges() -> RunConfig:
-    """LanguageBind: an edge-map encoder trained into the locked text space of runs/shapes-clip; edge zero-shot."""
+    """LanguageBind: edge maps into the locked text space of runs/shapes-clip, the image tower started from its own."""
     cfg = shapes_clip()
     cfg.data.train = f"edges:{cfg.data.train}"
     cfg.data.eval = f"edges:{cfg.data.eval}"
-    cfg.model.vision.in_channels = 1
+    # Every weight of the CLIP run (LanguageBind starts each modality encoder from the VL model's image encoder);
+    # the grey edge map is expanded to the tower's 3 channels. The text tower and projection stay fixed.
     cfg.model.init_from = ["runs/shapes-clip"]
-    cfg.model.init_modules = ["text", "text_head"]
     cfg.model.text.locked = True
     cfg.model.text.lock_projection = True
     cfg.eval.tasks = ["zeroshot", "retrieval", "cross-modal"]
