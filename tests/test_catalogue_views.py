@@ -245,9 +245,9 @@ def test_extra_texts_skip_empty_rows_and_match_encode_text(world_and_tokenizer):
 UNUSED = {"gpt4image": ("text.", "text_head.", "image_head.", "logit_bias"), "medslip": ("logit_bias", "classifier."),
           "velvet": ("logit_bias", "classifier."), "ps3": ("logit_bias", "classifier.")}
 SETUP = {
-    "gpt4image": (dict(num_classes=56, description_dim=5), ()),
-    "medslip": (dict(attribute_streams=["shape", "colour"]), (AttributeView(("shape", "colour")),)),
-    "velvet": (dict(head="tokens"), (ClauseView(3),)),
+    "gpt4image": ({"num_classes": 56, "description_dim": 5}, ()),
+    "medslip": ({"attribute_streams": ["shape", "colour"]}, (AttributeView(("shape", "colour")),)),
+    "velvet": ({"head": "tokens"}, (ClauseView(3),)),
     "ps3": ({}, (RegionView(seed=0),)),
 }
 

@@ -17,7 +17,8 @@ inside its forward and returns them by name. Anything else is a plain batch entr
 from __future__ import annotations
 
 import re
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 

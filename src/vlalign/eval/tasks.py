@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from vlalign.api import Aligner
-from vlalign.data.sample import CorruptSample, Source
 from vlalign.data.edges import same_modality
+from vlalign.data.sample import CorruptSample, Source
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
