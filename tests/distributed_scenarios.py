@@ -286,3 +286,58 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         for scenario in SCENARIOS:
             scenario(rank, world, Path(out))
             dist.barrier()
+
+
+# Catalogue items 8-11: their extra views (clauses, attribute texts, region crops, cached descriptions) and the
+# losses that gather them (grouped InfoNCE, ProtoNCE's k-means on the global batch, clause positives).
+VIEW_MODELS = {"gpt4image": {"num_classes": 56, "description_dim": 8}, "medslip": {"attribute_streams": ["shape", "colour"]},
+               "velvet": {"head": "tokens"}, "ps3": {}}
+
+
+def views_model(name: str) -> torch.nn.Module:
+    cfg = ModelConfig()
+    cfg.vision.size, cfg.text.size, cfg.embed_dim = "vit-micro", "text-micro", 32
+    for key, value in VIEW_MODELS[name].items():
+        setattr(cfg, key, value)
+    torch.manual_seed(0)
+    return build_model(cfg, IMAGE, VOCAB, CONTEXT)
+
+
+def views_batch(name: str) -> dict:
+    """A real collated shapes batch of GLOBAL_BATCH with the objective's views."""
+    from vlalign.data.loader import collate
+    from vlalign.data.shapes import ShapesConfig, ShapesWorld
+    from vlalign.data.tokenizer import train_tokenizer
+    from vlalign.data.transforms import ImageTransform
+    from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView
+
+    world = ShapesWorld(GLOBAL_BATCH, seed=4, cfg=ShapesConfig(image_size=IMAGE))
+    captions = world.captions()
+    table = torch.nn.functional.normalize(torch.randn(len(set(captions)), 8, generator=torch.Generator().manual_seed(1)),
+                                          dim=-1)
+    views = {"gpt4image": (DescriptionView(sorted(set(captions)), table),),
+             "medslip": (AttributeView(("shape", "colour")),), "velvet": (ClauseView(3),), "ps3": (RegionView(0),)}
+    batch = collate(world, list(range(GLOBAL_BATCH)), train_tokenizer(captions, VOCAB), CONTEXT,
+                    ImageTransform(IMAGE, 3), views=views[name])
+    return {k: v for k, v in batch.items() if torch.is_tensor(v) or k in ("extra_texts", "extra_images")}
+
+
+def views_part(batch: dict, rank: int, world: int) -> dict:
+    """This rank's rows of every tensor, inside the extra_texts / extra_images dicts too."""
+    n = GLOBAL_BATCH // world
+    return {k: views_part(v, rank, world) if isinstance(v, dict) else v[rank * n : (rank + 1) * n]
+            for k, v in batch.items()}
+
+
+def catalogue_views_equivalence(rank: int, world: int, out: Path) -> None:
+    for name in VIEW_MODELS:
+        batch = views_part(views_batch(name), rank, world)
+        model = Replicate().wrap(views_model(name))
+        loss, metrics = forward_backward(model, build_objective(ObjectiveConfig(name=name)), batch)
+        Replicate().reduce_gradients(model)
+        if rank == 0:
+            save_file({f"grad/{k}": v for k, v in gradients(model).items()} | {"loss": loss.reshape(1)}
+                      | {f"metric/{k}": torch.tensor([v]) for k, v in metrics.items()}, out / f"views_{name}.safetensors")
+
+
+SCENARIOS = (*SCENARIOS, catalogue_views_equivalence)

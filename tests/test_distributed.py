@@ -174,3 +174,26 @@ def test_catalogue_objectives_see_the_global_batch_however_it_is_split(two_ranks
         assert other.keys() == grads.keys(), label
         for key in grads:
             torch.testing.assert_close(other[key], grads[key], atol=1e-5, rtol=0, msg=f"{label} {key}")
+
+
+# Terms averaged over the local batch (per-sample cross-entropy, the streams of one image): each rank's value is
+# its own half's, and only the averaged gradients are the global batch's.
+LOCAL_TERMS = {"loss/supervised", "train_accuracy", "loss/separation"}
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.VIEW_MODELS))
+def test_view_objectives_see_the_global_batch_however_it_is_split(two_ranks, name):
+    """GPT4Image, MeDSLIP (k-means of the global batch), VELVET-Med and PS3 gather their extra views: 2 ranks x 32
+    give the gradients, and every batch-level term, of one process with 64."""
+    model = scenarios.views_model(name)
+    loss, metrics = forward_backward(model, build_objective(ObjectiveConfig(name=name)), scenarios.views_batch(name))
+    grads = scenarios.gradients(model)
+    saved = load_file(two_ranks / f"views_{name}.safetensors")
+    if not LOCAL_TERMS & metrics.keys():
+        assert saved["loss"][0].item() == pytest.approx(loss.item(), rel=1e-6)
+    for key in metrics.keys() - LOCAL_TERMS:
+        assert saved[f"metric/{key}"][0].item() == pytest.approx(metrics[key], rel=1e-6), key
+    other = {k.removeprefix("grad/"): v for k, v in saved.items() if k.startswith("grad/")}
+    assert other.keys() == grads.keys()
+    for key in grads:
+        torch.testing.assert_close(other[key], grads[key], atol=1e-5, rtol=0, msg=key)

@@ -63,6 +63,9 @@ class TextConfig:
     # learnable dataset-type prefix tokens per text type, caption or label (Prefix Conditioning, Saito et al.
     # 2023); 0 = none. Zero-shot and retrieval use the caption prefix.
     prefix_tokens: int = 0
+    # also freeze the text projection head, so the whole text embedding space stays fixed: a new modality is
+    # bound into a CLIP run's text space (LanguageBind, Zhu et al. 2024); needs locked=true
+    lock_projection: bool = False
 
 
 @dataclass(kw_only=True)
@@ -130,6 +133,48 @@ class ModelConfig:
     init_from: list[str] = field(default_factory=list)
     init_modules: list[str] = field(default_factory=list)  # copy only these top-level modules (e.g. [vision]); [] = all
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    # > 0 adds a head mapping the pooled image feature to a frozen text encoder's space of this width, e.g. 384
+    # for all-MiniLM-L6-v2 (objective "gpt4image")
+    description_dim: int = 0
+    # attribute streams (MeDSLIP, objective "medslip"): one projection head per attribute, each aligned with
+    # that attribute's text, e.g. [shape, colour] (vlalign.data.views.ATTRIBUTES); [] = none
+    attribute_streams: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class DescriptionConfig:
+    """GPT4Image (objective "gpt4image"): supervised cross-entropy plus alignment with cached text embeddings
+    of each image's description (its caption), made once by a frozen text encoder."""
+
+    weight: float = 1.0  # λ in L = L_ce + λ·L_align
+    encoder: str = "hf:all-MiniLM-L6-v2"  # the frozen text encoder (a local Hugging Face model, never downloaded)
+
+
+@dataclass(kw_only=True)
+class MeDSLIPConfig:
+    """MeDSLIP (objective "medslip"): CLIP plus ProtoNCE on k-means prototypes, attribute-stream alignment and
+    the separation of the streams of one image."""
+
+    proto_weight: float = 1.0
+    num_prototypes: list[int] = field(default_factory=lambda: [8])  # k of each k-means clustering (ProtoNCE's M)
+    stream_weight: float = 1.0  # each stream against its attribute text
+    separation_weight: float = 1.0  # squared cosine between the streams of one image
+
+
+@dataclass(kw_only=True)
+class HierarchyConfig:
+    """VELVET-Med (objective "velvet"): contrast at caption, clause and word level."""
+
+    clause_weight: float = 1.0
+    word_weight: float = 1.0  # token–patch late interaction; needs model.head=tokens (0 = off)
+    max_clauses: int = 4  # clause slots per caption; further clauses are dropped
+
+
+@dataclass(kw_only=True)
+class RegionConfig:
+    """PS3 (objective "ps3"): a crop of one object's region against its region caption, plus the global CLIP."""
+
+    region_weight: float = 1.0
 
 
 @dataclass(kw_only=True)
@@ -150,6 +195,11 @@ class ObjectiveConfig:
     ptp_concat: bool = False  # append a position prompt to every training caption (PTP's reference data)
     # Also "fusion": L = L_itc + L_itm (+ L_mlm with model.fusion.mlm_probability > 0) + wra_weight · L_wra
     wra_weight: float = 0.0  # fusion: word-region alignment by optimal transport (UNITER uses 0.1); 0 = off
+    # Also: "gpt4image" | "medslip" | "velvet" | "ps3" (catalogue items 8-11; their settings below)
+    gpt4image: DescriptionConfig = field(default_factory=DescriptionConfig)
+    medslip: MeDSLIPConfig = field(default_factory=MeDSLIPConfig)
+    velvet: HierarchyConfig = field(default_factory=HierarchyConfig)
+    ps3: RegionConfig = field(default_factory=RegionConfig)
 
 
 @dataclass(kw_only=True)
@@ -220,7 +270,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -306,6 +356,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     _validate_catalogue(cfg, source)
     _validate_fusion(cfg, source)
+    _validate_catalogue_more(cfg, source)
     return cfg
 
 
@@ -371,6 +422,58 @@ def _validate_fusion(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"In {source}: objective.wra_weight compares fused words with fused patches, which FIBER "
                           f"leaves at the tower widths ({vision.width} vs {text.width}); use towers of one width "
                           "or model.fusion.kind=manager.")
+
+
+def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
+    """GPT4Image, MeDSLIP, VELVET-Med, PS3 and LanguageBind binding (issue 11, items 8-12)."""
+    from vlalign.data.views import ATTRIBUTES
+
+    o, m = cfg.objective, cfg.model
+    weights = {"objective.gpt4image.weight": o.gpt4image.weight, "objective.medslip.proto_weight": o.medslip.proto_weight,
+               "objective.medslip.stream_weight": o.medslip.stream_weight,
+               "objective.medslip.separation_weight": o.medslip.separation_weight,
+               "objective.velvet.clause_weight": o.velvet.clause_weight, "objective.velvet.word_weight": o.velvet.word_weight,
+               "objective.ps3.region_weight": o.ps3.region_weight}
+    for path, value in weights.items():
+        if value < 0:
+            raise ConfigError(f"Config key '{path}' in {source} must be >= 0, got {value}.")
+    if m.description_dim < 0:
+        raise ConfigError(f"Config key 'model.description_dim' in {source} must be >= 0, got {m.description_dim}.")
+    if o.name == "gpt4image" and (m.num_classes == 0 or m.description_dim == 0):
+        raise ConfigError(f"In {source}: objective.name=gpt4image trains a classifier aligned with description "
+                          "embeddings: set model.num_classes (the classes of the data) and model.description_dim "
+                          "(the width of objective.gpt4image.encoder, 384 for all-MiniLM-L6-v2).")
+    unknown = [s for s in m.attribute_streams if s not in ATTRIBUTES]
+    if unknown or len(set(m.attribute_streams)) != len(m.attribute_streams):
+        raise ConfigError(f"Config key 'model.attribute_streams' in {source} is {m.attribute_streams}: name each "
+                          f"stream once, from {', '.join(ATTRIBUTES)}.")
+    if m.attribute_streams and o.name != "medslip" or m.description_dim and o.name != "gpt4image":
+        raise ConfigError(f"In {source}: model.attribute_streams / model.description_dim add heads that only the "
+                          f"medslip / gpt4image objectives train; objective.name is '{o.name}'.")
+    if o.name == "medslip":
+        if (o.medslip.stream_weight or o.medslip.separation_weight) and not m.attribute_streams:
+            raise ConfigError(f"In {source}: objective.medslip aligns attribute streams; set model.attribute_streams "
+                              "(e.g. [shape, colour]) or set stream_weight and separation_weight to 0.")
+        if o.medslip.separation_weight and len(m.attribute_streams) < 2:
+            raise ConfigError(f"In {source}: objective.medslip.separation_weight separates two streams; "
+                              f"model.attribute_streams has {len(m.attribute_streams)}.")
+        if any(k < 1 for k in o.medslip.num_prototypes):
+            raise ConfigError(f"Config key 'objective.medslip.num_prototypes' in {source} needs clusterings of k >= 1, "
+                              f"got {o.medslip.num_prototypes}.")
+    if o.name == "velvet" and o.velvet.word_weight and m.head != "tokens":
+        raise ConfigError(f"In {source}: objective.velvet.word_weight scores words against patches; set "
+                          "model.head=tokens, or objective.velvet.word_weight=0.")
+    if o.velvet.max_clauses < 1:
+        raise ConfigError(f"Config key 'objective.velvet.max_clauses' in {source} must be >= 1, got {o.velvet.max_clauses}.")
+    if o.name in ("medslip", "ps3") and cfg.data.cache_dir:
+        raise ConfigError(f"In {source}: objective.name={o.name} reads each sample's scene, which data.cache_dir "
+                          "does not keep. Leave data.cache_dir empty.")
+    if m.arch != "dual-encoder" and (m.description_dim or m.attribute_streams):
+        raise ConfigError(f"In {source}: model.description_dim and model.attribute_streams add heads to the dual "
+                          f"encoder; model.arch '{m.arch}' would ignore them. Leave them at 0 and [].")
+    if m.text.lock_projection and not m.text.locked:
+        raise ConfigError(f"In {source}: model.text.lock_projection fixes the text space only with the tower "
+                          "fixed too; set model.text.locked=true.")
 
 
 def _validate_arch(cfg: RunConfig, source: str) -> None:

@@ -35,6 +35,7 @@ from vlalign.data.ptp import sample_prompt
 from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
+from vlalign.data.views import View, merge_into
 from vlalign.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def read_samples(source: Source, indices: list[int]) -> tuple[list, list[tuple[s
 
 def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
             transform: ImageTransform, negative_kinds: tuple[str, ...] = (), negative_seed: int = 0,
-            position_prompts: str = "none", with_text_types: bool = False) -> dict:
+            position_prompts: str = "none", with_text_types: bool = False, views: tuple[View, ...] = ()) -> dict:
     """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``.
 
     With ``negative_kinds`` every caption also gets a word-swap hard negative
@@ -135,6 +136,7 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
     ``position_prompts`` (PTP, ``vlalign.data.ptp``; drawn with ``negative_seed``): "auxiliary" adds
     ``prompt_ids``/``prompt_mask`` [B, L], "concat" appends the prompt to the caption. ``with_text_types``
     adds ``text_types`` [B] (1 for image-label samples, ``meta["text_type"] == "label"``, else 0).
+    Each of ``views`` (``vlalign.data.views``) adds the entries an auxiliary objective reads.
     """
     samples, skips = read_samples(source, indices)
     if not samples:
@@ -150,6 +152,8 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
             extra |= {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}  # [B, L]
     if with_text_types:
         extra["text_types"] = torch.tensor([int(s.meta.get("text_type") == "label") for s in samples])  # [B]
+    for view in views:
+        merge_into(extra, view(samples, tokenizer, context_length, transform))
     ids, mask = tokenizer(captions, context_length)
     images = transform([s.image for s in samples])  # [B, C, H, W]
     # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).

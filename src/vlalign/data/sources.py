@@ -111,3 +111,11 @@ def union_source(argument: str) -> Source:
     from vlalign.data.specs import build_source
 
     return Union([build_source(part.strip()) for part in argument.split(";") if part.strip()])
+
+
+@register_source("edges", "edges:SPEC  (the edge maps of an 8-bit source: a further modality, e.g. edges:shapes:n=2000)")
+def edges_source(argument: str) -> Source:
+    from vlalign.data.edges import EdgeMaps
+    from vlalign.data.specs import build_source
+
+    return EdgeMaps(build_source(argument))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vlalign.api import Aligner
+from vlalign.data.edges import same_modality
 from vlalign.data.sample import CorruptSample, Source
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
@@ -73,7 +74,7 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
         spec += ",holdout=" + "+".join(f"{c}-{s}" for c, s in holdout) + f",holdout_mode={mode}"
     elif mode == "only":
         raise DataError("The compositional task needs a training spec with holdout=colour-shape+... combos.")
-    return spec
+    return same_modality(model.config.data.train, spec)  # an edge-map run is scored on edge maps
 
 
 def labelled_eval_spec(model: Aligner) -> str:
@@ -196,7 +197,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
     pixels = model.preprocess(images)  # [N, C, H, W], every channel
-    if model.config.objective.name == "supervised":
+    if model.config.objective.name in ("supervised", "gpt4image"):  # trained classifier heads
         method, score = "head", model.model.classify_image
     else:
         is_shapes = hasattr(source, "scene")

@@ -34,6 +34,10 @@ class AlignmentOutput:
     negative_embeds: torch.Tensor | None = None  # [B, E] L2-normalised hard-negative captions, when given
     prompt_embeds: torch.Tensor | None = None  # [B, E] L2-normalised auxiliary prompts (PTP), when given
     fusion: FusionOutput | None = None  # fused pairs and their ITM/MLM logits, with a cross-modal module
+    # Extra texts and images of the batch by name (``vlalign.data.views``): texts [B, ..., E] as the ids' leading
+    # shape (all-padding rows give zeros), images [B, E]; all L2-normalised.
+    extra_text_embeds: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_image_embeds: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class PooledProjection(nn.Module):
@@ -78,11 +82,14 @@ class FDTHead(nn.Module):
 class DualEncoder(nn.Module):
     """``classifier`` (optional) maps the vision features to class logits, for supervised objectives;
     ``text_prefix`` (optional, a ``DatasetPrefix``) gives the text tower a learned prefix per text type;
-    ``cross_modal`` (optional, a ``CrossModal``) fuses the two towers' features."""
+    ``cross_modal`` (optional, a ``CrossModal``) fuses the two towers' features. ``image_heads`` (optional)
+    are further heads on the vision features, each ``head(features)[0]`` returned as ``extras[name]``
+    (GPT4Image's description head, MeDSLIP's attribute streams)."""
 
     def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
                  init_temperature: float = 0.07, classifier: nn.Module | None = None,
-                 text_prefix: nn.Module | None = None, cross_modal: nn.Module | None = None):
+                 text_prefix: nn.Module | None = None, cross_modal: nn.Module | None = None,
+                 image_heads: nn.ModuleDict | None = None):
         super().__init__()
         self.vision = vision
         self.text = text
@@ -91,6 +98,7 @@ class DualEncoder(nn.Module):
         self.classifier = classifier
         self.text_prefix = text_prefix
         self.cross_modal = cross_modal
+        self.image_heads = image_heads
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
@@ -140,11 +148,15 @@ class DualEncoder(nn.Module):
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 channel_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None, *, text_types: torch.Tensor | None = None,
-                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None) -> AlignmentOutput:
+                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+                extra_texts: dict[str, torch.Tensor] | None = None,
+                extra_images: dict[str, torch.Tensor] | None = None) -> AlignmentOutput:
         """``negative_ids``/``negative_mask`` [B, L]: hard-negative captions, embedded by the text tower
         into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights); likewise
-        ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``. ``text_types`` [B]: the type of each
-        text (caption or label) for the text prefix; negatives and prompts read as captions."""
+        ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``, ``extra_texts`` (name -> ids [B, ..., L])
+        into ``extra_text_embeds`` and ``extra_images`` (name -> [B, C, H, W]) into ``extra_image_embeds``.
+        ``text_types`` [B]: the type of each text (caption or label) for the text prefix; negatives,
+        prompts and extra texts read as captions."""
         vision = self.vision(images, channel_ids)
         text = self.text_features(text_ids, text_mask, text_types)
         image_embeds, image_extras = self.image_head(vision)
@@ -152,17 +164,30 @@ class DualEncoder(nn.Module):
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
         if self.classifier is not None:
             extras["class_logits"] = self.classifier(vision)
+        for name, head in (self.image_heads or {}).items():
+            extras[name] = head(vision)[0]
         negative_embeds = prompt_embeds = None
         if negative_ids is not None:
             negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask))[0]
         if prompt_ids is not None:
             prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
+        extra_text_embeds = {name: self._embed_texts(ids) for name, ids in (extra_texts or {}).items()}
+        extra_image_embeds = {name: self.image_head(self.vision(x))[0] for name, x in (extra_images or {}).items()}
         fusion = None
         if self.cross_modal is not None:
             fusion = self.cross_modal(self.vision, self.text, vision, text, image_embeds, text_embeds,
                                       self.logit_scale.exp(), text_ids)
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
-                               extras, negative_embeds, prompt_embeds, fusion)
+                               extras, negative_embeds, prompt_embeds, fusion=fusion,
+                               extra_text_embeds=extra_text_embeds, extra_image_embeds=extra_image_embeds)
+
+    def _embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, ..., L] (0 = padding) -> [B, ..., E]; rows without a token are not run and embed as zeros."""
+        flat = ids.reshape(-1, ids.shape[-1])  # [N, L]
+        real = (flat != 0).any(1)  # [N]
+        embeds = self.text_head(self.text_features(flat[real], flat[real] != 0))[0]  # [n, E]
+        out = embeds.new_zeros(flat.shape[0], embeds.shape[-1]).index_put((real.nonzero()[:, 0],), embeds)
+        return out.view(*ids.shape[:-1], -1)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

@@ -105,6 +105,17 @@ def build_cross_modal(cfg: ModelConfig, vision: VisionTransformer, text: TextTra
                       vocab_size)
 
 
+def build_image_heads(cfg: ModelConfig, vision_width: int) -> nn.ModuleDict | None:
+    """Further heads on the pooled image feature: GPT4Image's projection into a frozen text encoder's space
+    ("description"), one projection per MeDSLIP attribute stream ("stream_<attribute>")."""
+    heads = {}
+    if cfg.description_dim:
+        heads["description"] = PooledProjection(vision_width, cfg.description_dim)
+    for stream in cfg.attribute_streams:
+        heads[f"stream_{stream}"] = PooledProjection(vision_width, cfg.embed_dim)
+    return nn.ModuleDict(heads) if heads else None
+
+
 def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
                 context_length: int) -> DualEncoder | VisionLanguageModel:
     if cfg.arch in ("lm", "vlm"):
@@ -115,9 +126,11 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
     classifier = LinearClassifier(vision.width, cfg.num_classes) if cfg.num_classes > 0 else None
     prefix = DatasetPrefix(cfg.text.prefix_tokens, text.width) if cfg.text.prefix_tokens else None
     model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier, prefix,
-                        build_cross_modal(cfg, vision, text, vocab_size))
+                        build_cross_modal(cfg, vision, text, vocab_size), build_image_heads(cfg, vision.width))
     if cfg.text.locked:
         text.requires_grad_(False)
+    if cfg.text.lock_projection:  # LanguageBind: the whole text space is fixed, the new modality moves into it
+        text_head.requires_grad_(False)
     if cfg.vision.locked:  # LiT's locked image tower; its head still trains (FILIP needs it for tokens)
         vision.requires_grad_(False)
     return apply_adapter(model, cfg.adapter)

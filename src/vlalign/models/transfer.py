@@ -49,17 +49,15 @@ def language_model_source(run_dirs: list[str]) -> Path | None:
 
 
 def text_tower_source(run_dirs: list[str], modules: list[str] | tuple[str, ...] = ()) -> Path | None:
-    """The last run in ``run_dirs`` whose dual-encoder text tower is copied (all modules, or ``text`` among
-    ``modules``): its token embeddings, hence its tokenizer, are inherited (fine-tuning a CLIP run)."""
+    """The last dual-encoder run in ``run_dirs`` whose text tower this model copies (``modules`` empty or
+    naming "text"): its token embeddings, hence its tokenizer, are inherited (LanguageBind binds to them)."""
     if modules and "text" not in modules:
         return None
     found = None
     for run_dir in run_dirs:
         run_checkpoint(run_dir)
-        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-        model = saved.get("model", {})
-        if model.get("arch", "dual-encoder") == "dual-encoder" and not str(model.get("text", {}).get("tower", "")
-                                                                           ).startswith("hf:"):
+        saved = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("model", {})
+        if saved.get("arch", "dual-encoder") == "dual-encoder" and saved.get("text", {}).get("tower", "vlalign") == "vlalign":
             found = Path(run_dir)
     return found
 

@@ -211,3 +211,7 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
         return loss, metrics
 
     return objective
+
+
+# Catalogue items 8-11 register themselves (GPT4Image, MeDSLIP, VELVET-Med, PS3).
+from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401

@@ -395,3 +395,71 @@ def shapes_manager() -> RunConfig:
     cfg.objective.name = "fusion"
     cfg.eval.tasks = [*cfg.eval.tasks, "retrieval-itm"]
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue issue 11, items 8-12: GPT4Image, MeDSLIP, VELVET-Med, PS3, LanguageBind.
+
+
+@recipe
+def shapes_medslip() -> RunConfig:
+    """MeDSLIP: CLIP + ProtoNCE on caption prototypes + shape and colour streams, each aligned with its attribute."""
+    cfg = shapes_clip()
+    cfg.objective.name = "medslip"
+    cfg.model.attribute_streams = ["shape", "colour"]
+    return cfg
+
+
+@recipe
+def shapes_velvet() -> RunConfig:
+    """VELVET-Med: hierarchical contrast at caption, clause and word (token-patch) level."""
+    cfg = shapes_clip()
+    cfg.model.head = "tokens"
+    cfg.objective.name = "velvet"
+    return cfg
+
+
+@recipe
+def shapes_ps3() -> RunConfig:
+    """PS3: global CLIP + region crops against region captions; `--task region-select` scores top-down selection."""
+    cfg = shapes_clip()
+    cfg.objective.name = "ps3"
+    cfg.eval.tasks = [*cfg.eval.tasks, "region-select"]
+    return cfg
+
+
+@recipe
+def shapes_bind_edges() -> RunConfig:
+    """LanguageBind: edge maps into the locked text space of runs/shapes-clip, the image tower started from its own."""
+    cfg = shapes_clip()
+    cfg.data.train = f"edges:{cfg.data.train}"
+    cfg.data.eval = f"edges:{cfg.data.eval}"
+    # Every weight of the CLIP run (LanguageBind starts each modality encoder from the VL model's image encoder);
+    # the grey edge map is expanded to the tower's 3 channels. The text tower and projection stay fixed.
+    cfg.model.init_from = ["runs/shapes-clip"]
+    cfg.model.text.locked = True
+    cfg.model.text.lock_projection = True
+    cfg.eval.tasks = ["zeroshot", "retrieval", "cross-modal"]
+    return cfg
+
+
+@recipe
+def fashion_mnist_gpt4image() -> RunConfig:
+    """GPT4Image: a supervised ViT on Fashion-MNIST aligned with all-MiniLM-L6-v2 embeddings of its captions."""
+    cfg = RunConfig()
+    cfg.data.train, cfg.data.eval = "fashion-mnist:train", "fashion-mnist:test"
+    cfg.data.image_size = 28
+    cfg.data.batch_size = 64
+    cfg.model.vision.size = "vit-micro"
+    cfg.model.vision.patch_size = 7
+    cfg.model.vision.in_channels = 1
+    cfg.model.text.size = "text-micro"
+    cfg.model.text.vocab_size = 300
+    cfg.model.num_classes = 10
+    cfg.model.description_dim = 384
+    cfg.objective.name = "gpt4image"
+    cfg.optim.warmup_steps = 30
+    cfg.train.steps = 500
+    cfg.train.checkpoint_every = 500
+    cfg.eval.tasks = ["channels"]
+    return cfg

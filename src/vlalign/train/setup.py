@@ -17,20 +17,24 @@ from vlalign.config import RunConfig
 from vlalign.data.cache import DecodedCache
 from vlalign.data.generative import collate_generative
 from vlalign.data.loader import Loader, collate
+from vlalign.data.mixture import texts_of
 from vlalign.data.ptp import all_prompts
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView, View
 from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
+from vlalign.models.text_cache import cached_text_embeddings
 from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 
 TOKENIZER_FILE = "tokenizer.json"
+DESCRIPTIONS_FILE = "descriptions.safetensors"  # GPT4Image's cached description embeddings
 PARAMS_FILE = "parameters.json"  # total and trainable parameter counts (adapters and locked towers train fewer)
 MAX_TOKENIZER_CAPTIONS = 50_000
 
@@ -104,9 +108,9 @@ class Components:
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
-    """Load the run's tokenizer if it exists (resume); else inherit the one of the language model this run
-    starts from (``model.init_from``: the vocabulary belongs to its embeddings), or train one on the
-    training texts. Then save it with the run."""
+    """Load the run's tokenizer if it exists (resume); else inherit the one of the language model or text
+    tower this run starts from (``model.init_from``: the vocabulary belongs to its embeddings), or train
+    one on the training texts. Then save it with the run."""
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
@@ -146,7 +150,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
     collate_fn = functools.partial(collate, negative_kinds=tuple(cfg.objective.hard_negatives),
                                    negative_seed=cfg.train.seed, position_prompts=position_prompts(cfg),
-                                   with_text_types=cfg.model.text.prefix_tokens > 0 or cfg.objective.name == "unicl")
+                                   with_text_types=cfg.model.text.prefix_tokens > 0 or cfg.objective.name == "unicl",
+                                   views=batch_views(cfg, source, run_dir))
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
@@ -154,6 +159,22 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn, order=cfg.data.order)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+
+
+def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ...]:
+    """The extra views of each sample that the objective reads (``vlalign.data.views``)."""
+    o = cfg.objective
+    if o.name == "velvet":
+        return (ClauseView(o.velvet.max_clauses),)
+    if o.name == "medslip" and cfg.model.attribute_streams:
+        return (AttributeView(tuple(cfg.model.attribute_streams)),)
+    if o.name == "ps3":
+        return (RegionView(cfg.train.seed),)
+    if o.name == "gpt4image":  # every distinct caption embedded once by the frozen encoder, kept with the run
+        texts = sorted(set(texts_of(source)))
+        return (DescriptionView(texts, cached_text_embeddings(o.gpt4image.encoder, texts,
+                                                              run_dir / DESCRIPTIONS_FILE)),)
+    return ()
 
 
 def position_prompts(cfg: RunConfig) -> str:

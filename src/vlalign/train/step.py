@@ -39,7 +39,7 @@ def batch_size(batch: dict) -> int:
 
 
 # Optional keyword inputs of the dual encoder's forward, passed only when the batch has them.
-OPTIONAL_INPUTS = ("text_types", "prompt_ids", "prompt_mask")
+OPTIONAL_INPUTS = ("text_types", "prompt_ids", "prompt_mask", "extra_texts", "extra_images")
 
 
 def model_inputs(batch: dict) -> tuple[tuple, dict]:
