@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -21,12 +22,16 @@ from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
+from vlalign.models.nvfp4 import apply_nvfp4
 from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 PARAMS_FILE = "parameters.json"  # total and trainable parameter counts (adapters and locked towers train fewer)
@@ -134,6 +139,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         load_matching_weights(model, cfg.model.init_from)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
+    if cfg.train.precision == "nvfp4-sim":
+        simulate_nvfp4(model, cfg)
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
@@ -147,6 +154,16 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+
+
+def simulate_nvfp4(model, cfg: RunConfig) -> None:
+    """train.precision=nvfp4-sim: the blocks' linear layers train with simulated NVFP4 GEMMs."""
+    swapped = apply_nvfp4(model, cfg.train.nvfp4_keep_first, cfg.train.nvfp4_keep_last)
+    if not swapped:
+        log.warning("train.precision=nvfp4-sim quantises nothing: every block is kept in high precision by "
+                    "train.nvfp4_keep_first=%d / nvfp4_keep_last=%d; lower them", cfg.train.nvfp4_keep_first,
+                    cfg.train.nvfp4_keep_last)
+    log.info("nvfp4-sim: %d linear layers in NVFP4", len(swapped))
 
 
 def freeze(model: VisionLanguageModel, cfg: RunConfig) -> None:
