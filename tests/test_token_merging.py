@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from vlalign.config import ModelConfig
 from vlalign.errors import ConfigError
 from vlalign.models import build_model
-from vlalign.models.token_merging import TokenMerging, bipartite_soft_matching, merge_schedule, merge_weighted
+from vlalign.models.token_merging import (
+    TokenMerging,
+    bipartite_soft_matching,
+    merge_schedule,
+    merge_weighted,
+)
 
 
 def tiny_model(**vision):

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from vlalign.checkpoint import (
-    EMA_FILE,
     TMP_PREFIX,
     commit,
     complete_checkpoints,

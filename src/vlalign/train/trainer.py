@@ -28,8 +28,8 @@ from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
-from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.averaging import ExponentialMovingAverage
+from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.metrics import MetricsLog, Throughput
 from vlalign.train.optim import build_optimizer
 from vlalign.train.resume import check_resumable, restore, save
