@@ -18,8 +18,8 @@ from vlalign.models.nvfp4 import (
     fake_quantize,
     quantize_nvfp4,
     random_hadamard,
+    rotate_token_blocks,
     round_e2m1,
-    transform_rows,
 )
 from vlalign.train import run_training
 
@@ -66,6 +66,7 @@ def reference_quantize(x: torch.Tensor, br: int, bc: int):
 
 
 def test_e2m1_nearest_rounding_matches_the_grid_with_ties_to_even():
+    assert torch.isnan(round_e2m1(torch.tensor([float("nan")]))).all()
     ties = {0.25: 0.0, 0.75: 1.0, 1.25: 1.0, 1.75: 2.0, 2.5: 2.0, 3.5: 4.0, 5.0: 4.0, 7.0: 6.0, -0.75: -1.0}
     got = round_e2m1(torch.tensor(list(ties)))
     assert got.tolist() == list(ties.values())
@@ -120,7 +121,11 @@ def test_random_hadamard_keeps_the_wgrad_product():
     assert set(rotation.abs().unique().tolist()) == {0.25}
     g = torch.Generator().manual_seed(0)
     dy, x = torch.randn(37, 8, generator=g), torch.randn(37, 12, generator=g)  # 37 tokens: padded to 48
-    assert torch.allclose(transform_rows(dy, rotation).t() @ transform_rows(x, rotation), dy.t() @ x, atol=1e-5)
+    dy_r, x_r = rotate_token_blocks(dy, rotation), rotate_token_blocks(x, rotation)
+    assert dy_r.shape == (16, 3 * 8)
+    assert torch.allclose(dy_r.view(-1, 8).t() @ x_r.view(-1, 12), dy.t() @ x, atol=1e-5)
+    first_block = x[:16, 5]  # column (g=0, k=5) is the rotation of tokens 0-15 of feature 5
+    assert torch.allclose(x_r[:, 5], rotation @ first_block, atol=1e-6)
 
 
 def test_nvfp4_linear_forward_and_gradients():

@@ -32,21 +32,24 @@ E2M1_MAX, E4M3_MAX = 6.0, 448.0
 HADAMARD_SEED = 2509_25149  # one fixed random sign vector for every layer and step
 
 
+# Step of the E2M1 grid by the integer part of |x| in [0, 6]: 0.5 below 2, 1 in [2, 4), 2 in [4, 6].
+_E2M1_STEP = (0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 2.0)
+
+
 def round_e2m1(x: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Round ``x`` to E2M1 values; magnitudes above 6 saturate. Nearest rounding breaks ties to the
     even code; stochastic rounding rounds up with probability (|x| - lo) / (hi - lo), unbiased in [-6, 6].
 
-    The grid is uniform within each binade: steps of 0.5 below 2, 1 in [2, 4), 2 in [4, 6], so rounding
-    is ``round(|x| / step) * step`` (``torch.round`` breaks ties to even, which is the even code here).
+    The grid is uniform within each binade, so rounding is ``round(x / step) * step`` with the step of
+    x's binade (``torch.round`` breaks ties to even, which is the even code here; both signs alike).
     """
-    magnitude = x.abs().clamp(max=E2M1_MAX)
-    step = (magnitude >= 2).to(x.dtype) * 0.5 + (magnitude >= 4).to(x.dtype) + 0.5
-    if stochastic:
+    x = x.clamp(-E2M1_MAX, E2M1_MAX)
+    binade = x.abs().long().clamp_(0, len(_E2M1_STEP) - 1)  # clamp: a NaN stays NaN instead of a bad index
+    step = torch.tensor(_E2M1_STEP, dtype=x.dtype, device=x.device)[binade]
+    if stochastic:  # floor(v + u), u ~ U[0, 1): up with probability frac(v), for either sign
         noise = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        steps = torch.floor(magnitude / step + noise)
-    else:
-        steps = torch.round(magnitude / step)
-    return (steps * step).copysign(x)
+        return torch.floor(x / step + noise) * step
+    return torch.round(x / step) * step
 
 
 def round_e4m3(x: torch.Tensor) -> torch.Tensor:
@@ -64,42 +67,58 @@ class NVFP4Tensor:
     block: tuple[int, int]
 
     def dequantize(self) -> torch.Tensor:
+        blocks = _in_blocks(self.values, self.block)
+        out = blocks * (self.block_scales * self.tensor_scale)[:, None, :, None]
         R, C = self.values.shape
-        br, bc = self.block
-        scales = self.block_scales.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:R, :C]
-        return self.values * scales * self.tensor_scale
+        return out.reshape(out.shape[0] * out.shape[1], -1)[:R, :C]
+
+
+def _in_blocks(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """[R, C] -> [ceil(R/br), br, ceil(C/bc), bc], zero-padded at ragged edges (zeros never change an amax)."""
+    R, C = x.shape
+    br, bc = block
+    if R % br or C % bc:
+        x = F.pad(x, (0, -C % bc, 0, -R % br))
+    return x.view(x.shape[0] // br, br, x.shape[1] // bc, bc)
+
+
+def _quantize_blocks(x: torch.Tensor, block: tuple[int, int], stochastic: bool,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (E2M1 values in the block layout of ``_in_blocks``, block decode scales, tensor decode scale)."""
+    if x.ndim != 2:
+        raise ValueError(f"NVFP4 quantisation takes a 2-D tensor, got shape {tuple(x.shape)}")
+    blocks = _in_blocks(x, block)
+    block_amax = blocks.abs().amax(dim=(1, 3))  # [R/br, C/bc]
+    amax = block_amax.max()
+    tensor_scale = torch.where(amax > 0, amax / (E2M1_MAX * E4M3_MAX), torch.ones_like(amax))
+    block_scales = round_e4m3(block_amax / E2M1_MAX / tensor_scale)  # <= 448 by construction
+    decode = block_scales * tensor_scale
+    encode = torch.where(decode > 0, 1 / decode.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(decode))
+    values = round_e2m1(blocks * encode[:, None, :, None], stochastic, generator)
+    return values, block_scales, tensor_scale
 
 
 def quantize_nvfp4(x: torch.Tensor, block: tuple[int, int] = (1, BLOCK), stochastic: bool = False,
                    generator: torch.Generator | None = None) -> NVFP4Tensor:
-    """Quantise a 2-D tensor with (br, bc) blocks; ragged edges are padded with zeros (which never
-    change a block's amax).
+    """Quantise a 2-D tensor with (br, bc) blocks; ragged edges are padded with zeros.
 
     Per-tensor decode scale s = amax / (6 * 448); per-block decode scale e4m3(amax_b / 6 / s) (<= 448);
-    each element is x / (block scale * s) rounded to E2M1 (paper, Appendix on the NVFP4 recipe). A block
-    whose scale underflows E4M3 is all zeros.
+    each element is x / (block scale * s) rounded to E2M1 (the paper's NVFP4 recipe). A block whose
+    scale underflows E4M3 is all zeros.
     """
-    if x.ndim != 2:
-        raise ValueError(f"quantize_nvfp4 takes a 2-D tensor, got shape {tuple(x.shape)}")
+    values, block_scales, tensor_scale = _quantize_blocks(x, block, stochastic, generator)
     R, C = x.shape
-    br, bc = block
-    padded = F.pad(x, (0, -C % bc, 0, -R % br))
-    Rp, Cp = padded.shape
-    amax = x.abs().max()
-    tensor_scale = torch.where(amax > 0, amax / (E2M1_MAX * E4M3_MAX), torch.ones_like(amax))
-    blocks = padded.view(Rp // br, br, Cp // bc, bc)
-    block_amax = blocks.abs().amax(dim=(1, 3))  # [Rp/br, Cp/bc]
-    block_scales = round_e4m3(block_amax / E2M1_MAX / tensor_scale)
-    decode = block_scales * tensor_scale  # [Rp/br, Cp/bc]
-    encode = torch.where(decode > 0, 1 / decode.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(decode))
-    scaled = blocks * encode[:, None, :, None]
-    values = round_e2m1(scaled.view(Rp, Cp)[:R, :C], stochastic, generator)
-    return NVFP4Tensor(values, block_scales, tensor_scale, block)
+    return NVFP4Tensor(values.reshape(values.shape[0] * values.shape[1], -1)[:R, :C], block_scales, tensor_scale,
+                       block)
 
 
-def fake_quantize(x: torch.Tensor, block: tuple[int, int] = (1, BLOCK), stochastic: bool = False) -> torch.Tensor:
-    """``x`` rounded to the nearest NVFP4-representable tensor (or stochastically), in x's dtype."""
-    return quantize_nvfp4(x, block, stochastic).dequantize()
+def fake_quantize(x: torch.Tensor, block: tuple[int, int] = (1, BLOCK), stochastic: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` rounded to an NVFP4-representable tensor (nearest, or stochastically), in x's dtype and shape."""
+    values, block_scales, tensor_scale = _quantize_blocks(x, block, stochastic, generator)
+    out = values * (block_scales * tensor_scale)[:, None, :, None]
+    R, C = x.shape
+    return out.reshape(out.shape[0] * out.shape[1], -1)[:R, :C]
 
 
 def hadamard(n: int = BLOCK) -> torch.Tensor:
@@ -116,13 +135,18 @@ def random_hadamard(n: int = BLOCK, seed: int = HADAMARD_SEED) -> torch.Tensor:
     return hadamard(n) * signs
 
 
-def transform_rows(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Apply ``rotation`` [16, 16] to every 16 consecutive rows of x [M, K] -> [ceil(M/16)*16, K] (zero-padded).
-    For any a, b with M rows: transform_rows(a)^T transform_rows(b) = a^T b."""
-    n = rotation.shape[0]
-    padded = F.pad(x, (0, 0, 0, -x.shape[0] % n))
-    groups = padded.view(-1, n, x.shape[1])  # [M/16, 16, K]
-    return torch.einsum("ij,gjk->gik", rotation.to(x.dtype), groups).reshape(-1, x.shape[1])
+def rotate_token_blocks(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Apply ``rotation`` [16, 16] to every 16 consecutive rows (tokens) of x [M, K], zero-padding M
+    -> [16, G*K] with G = ceil(M/16): column (g, k) is ``rotation @ x[16g:16g+16, k]``.
+
+    In this layout each column is one 16x1 quantisation block, and ``.view(16 * G, K)`` lists the
+    rotated rows in an order shared by every operand, so for any a, b with M rows
+    ``rot(a).view(-1, Ka).T @ rot(b).view(-1, Kb) = a^T b`` (R^T R = I)."""
+    n, K = rotation.shape[0], x.shape[1]
+    if x.shape[0] % n:
+        x = F.pad(x, (0, 0, 0, -x.shape[0] % n))
+    groups = x.view(-1, n, K).transpose(0, 1).reshape(n, -1)  # [16, G*K]
+    return rotation.to(x.dtype) @ groups
 
 
 class NVFP4LinearFunction(torch.autograd.Function):
@@ -142,8 +166,10 @@ class NVFP4LinearFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight_q, rotation = ctx.saved_tensors
         dx = fake_quantize(dy, (1, BLOCK), stochastic=True) @ weight_q  # Dgrad
-        dy_r, x_r = transform_rows(dy, rotation), transform_rows(x, rotation)  # [M', N], [M', K]
-        dw = fake_quantize(dy_r, (BLOCK, 1), stochastic=True).t() @ fake_quantize(x_r, (BLOCK, 1))  # Wgrad
+        # Wgrad, contracting over tokens: rotate each 16 tokens, quantise in 16x1 blocks along them
+        dy_r = fake_quantize(rotate_token_blocks(dy, rotation), (BLOCK, 1), stochastic=True)  # [16, G*N]
+        x_r = fake_quantize(rotate_token_blocks(x, rotation), (BLOCK, 1))  # [16, G*K]
+        dw = dy_r.view(-1, dy.shape[1]).t() @ x_r.view(-1, x.shape[1])
         db = dy.sum(0) if ctx.has_bias else None
         return dx, dw, db, None
 
