@@ -65,9 +65,9 @@ def vqa_accuracy(run: Path) -> dict[str, float]:
 
 
 def stage1_diagnostics(run: Path) -> dict[str, float]:
-    rows = run_tasks(load(run), ["alignment", "caption"], EVAL_SPEC).results
+    rows = run_tasks(load(run), ["alignment", "caption", "mir-vlm"], EVAL_SPEC).results
     keep = ("cos_related", "cos_unrelated", "cos_gap", "patch_cos_unrelated", "i2t_R@1", "attribute_recall",
-            "attribute_precision")
+            "attribute_precision", "mir")
     return {k: row[k] for row in rows for k in keep if k in row}
 
 
@@ -205,7 +205,7 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
             lines.append(f"| {variant} | {fraction:.0%} | " + " | ".join(cells) + " |")
     lines.append("| blind | — | " + " | ".join(f"{blind.get(k, float('nan')):.3f}" for k in kinds) + " |")
     diag_keys = ("cos_related", "cos_unrelated", "cos_gap", "patch_cos_unrelated", "i2t_R@1", "attribute_recall",
-                 "attribute_precision")
+                 "attribute_precision", "mir")
     lines += [
         "",
         "## Stage-1 diagnostic (held-out images)",
@@ -213,7 +213,9 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
         ("Cosine similarity between the mean-pooled projected image features and the LM's input embeddings "
          "of the image's own caption tokens (related) or of other captions' tokens (unrelated); "
          "`patch_cos_unrelated` uses single patches. `i2t_R@1`: the true caption ranks first by CG-VLM's "
-         "averaged image-sentence similarity (chance 0.01). Attribute recall/precision: greedy stage-1 captions."),
+         "averaged image-sentence similarity (chance 0.01). Attribute recall/precision: greedy stage-1 captions. "
+         "`mir`: the Modality Integration Rate of the language model on image-prefix vs caption tokens (lower: "
+         "image tokens read more like text; task `mir-vlm`)."),
         "",
         "| stage 1 | " + " | ".join(diag_keys) + " |",
         "| --- | " + " | ".join("---" for _ in diag_keys) + " |",

@@ -236,7 +236,46 @@ def reference_run(rank: int, world: int, out: Path) -> None:
     run_training(apply_overrides(get_recipe("tiny"), RUN), out / "reference2", progress=False)
 
 
-SCENARIOS = (equivalence, nonfinite_guard, nonfinite_run, fsdp_resume, reference_run)
+# Catalogue objectives (issue 11): FILIP gathers token sets, UniCL labels and text types (through a prefix).
+CATALOGUE = {"filip": {"head": "tokens"}, "unicl": {"prefix_tokens": 1}}
+
+
+def catalogue_model(name: str) -> torch.nn.Module:
+    cfg = ModelConfig()
+    cfg.vision.size, cfg.text.size, cfg.embed_dim = "vit-micro", "text-micro", 32
+    cfg.head = CATALOGUE[name].get("head", "projection")
+    cfg.text.prefix_tokens = CATALOGUE[name].get("prefix_tokens", 0)
+    torch.manual_seed(0)
+    return build_model(cfg, IMAGE, VOCAB, CONTEXT)
+
+
+def catalogue_batch(seed: int = 0) -> dict:
+    """``global_batch`` with class labels and text types: a third are labelled samples of 4 classes."""
+    g = torch.Generator().manual_seed(seed + 100)
+    return global_batch(seed) | {"labels": torch.randint(0, 4, (GLOBAL_BATCH,), generator=g),
+                                 "text_types": (torch.rand(GLOBAL_BATCH, generator=g) < 1 / 3).long()}
+
+
+def catalogue_splits(name: str) -> tuple:
+    """(label, strategy, accum) variants; FILIP's loss reads tokens, so GradCache does not apply to it."""
+    variants = (("2x32", Replicate(), 1), ("fsdp2x32", FullyShard(), 1))
+    return variants + ((("2x16x2", Replicate(), 2),) if name == "unicl" else ())
+
+
+def catalogue_equivalence(rank: int, world: int, out: Path) -> None:
+    for name in CATALOGUE:
+        batch = local_part(catalogue_batch(), rank, world)
+        objective = build_objective(ObjectiveConfig(name=name))
+        for label, strategy, accum in catalogue_splits(name):
+            model = strategy.wrap(catalogue_model(name))
+            loss, _ = forward_backward(model, objective, batch, accum)
+            strategy.reduce_gradients(model)
+            result = {f"grad/{k}": v for k, v in gradients(model).items()} | {"loss": loss.reshape(1)}
+            if rank == 0:
+                save_file(result, out / f"{name}_{label}.safetensors")
+
+
+SCENARIOS = (equivalence, nonfinite_guard, nonfinite_run, fsdp_resume, reference_run, catalogue_equivalence)
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:

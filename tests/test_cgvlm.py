@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -272,12 +273,14 @@ def test_stage1_then_stage2_then_chat_through_the_cli(tmp_path, capsys):
                  "--set", "data.train=shapes:n=16,seed=0", "--set", "model.init_from=[]"]) == 0
     assert main(["train", "--recipe", "cgvlm-stage2", "--out", str(stage2), *tiny,
                  "--set", "data.train=shapes-qa:n=20,seed=2", "--set", "data.fraction=0.5",
-                 "--set", f"model.init_from={stage1}", "--set", "eval.tasks=[vqa]", "--set", "eval.vqa_n=6"]) == 0
+                 "--set", f"model.init_from={stage1}", "--set", "eval.tasks=[vqa,mir-vlm]", "--set", "eval.vqa_n=6"]) == 0
     assert (stage2 / "tokenizer.json").read_text() == (stage1 / "tokenizer.json").read_text()
     metrics = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
     assert {"loss/gen", "loss/con"} <= set(metrics[-1])
     results = json.loads((stage2 / "eval.json").read_text())["results"]
     assert results[0]["labels"] == "all" and results[0]["n"] == 6 and 0 <= results[0]["accuracy"] <= 1
+    mir = next(r for r in results if r["task"] == "mir-vlm")  # one distance per decoder layer (lm-micro: 2)
+    assert np.isfinite(mir["mir"]) and len(mir["per_layer"]) == 2 and all(d > 0 for d in mir["per_layer"])
 
     image = tmp_path / "scene.png"
     Image.fromarray(ShapesWorld(1, seed=5)[0].image.transpose(1, 2, 0)).save(image)

@@ -158,3 +158,19 @@ def test_sigterm_on_rank_0_stops_both_ranks_at_one_step_then_torchrun_resumes_bi
     assert done.returncode == 0, done.stderr
     assert_same_checkpoint(out / "checkpoints" / "step-20", two_ranks / "reference2" / "checkpoints" / "step-20")
     assert losses(out) == losses(two_ranks / "reference2")
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.CATALOGUE))
+def test_catalogue_objectives_see_the_global_batch_however_it_is_split(two_ranks, name):
+    """FILIP's token sets and UniCL's labels and text types are gathered like embeddings: 2 ranks x 32
+    (and FSDP2; UniCL also under GradCache) give the loss and gradients of one process with 64."""
+    model = scenarios.catalogue_model(name)
+    loss, _ = forward_backward(model, build_objective(ObjectiveConfig(name=name)), scenarios.catalogue_batch())
+    grads = scenarios.gradients(model)
+    for label, _, _ in scenarios.catalogue_splits(name):
+        saved = load_file(two_ranks / f"{name}_{label}.safetensors")
+        assert abs(saved["loss"][0].item() - loss.item()) <= 1e-6, label
+        other = {k.removeprefix("grad/"): v for k, v in saved.items() if k != "loss"}
+        assert other.keys() == grads.keys(), label
+        for key in grads:
+            torch.testing.assert_close(other[key], grads[key], atol=1e-5, rtol=0, msg=f"{label} {key}")

@@ -2,7 +2,9 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.eval.retrieval import ranks_of_truth, retrieval_metrics
-from vlalign.eval.zeroshot import class_embeddings, classification_metrics, zeroshot_classify
+import pytest
+
+from vlalign.eval.zeroshot import PromptBank, classification_metrics
 
 
 def test_perfect_retrieval_scores_one_and_random_is_near_chance():
@@ -28,12 +30,20 @@ def test_classification_metrics_on_a_known_case():
     assert m["confusion"][2].tolist() == [0, 1, 1]
 
 
-def test_prompt_ensemble_averages_then_normalises():
-    table = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([1.0, 1.0])}
+def test_prompt_ensembles_mean_and_max_on_a_known_case():
+    """Class 0 has prompts a=(1,0) and b=(0,1); class 1 the single prompt c=(0.8,0.6)."""
+    table = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([0.8, 0.6])}
 
     def encode(texts):
         return torch.stack([table[t] for t in texts])
 
-    emb = class_embeddings(encode, [["a", "b"], ["c"]])
-    assert torch.allclose(emb, F.normalize(torch.tensor([[0.5, 0.5], [1.0, 1.0]]), dim=-1))
-    assert zeroshot_classify(F.normalize(torch.tensor([[1.0, 1.0]]), dim=-1), emb, torch.tensor([0]))["top1"] == 1.0
+    mean = PromptBank(encode, [["a", "b"], ["c"]], "mean")
+    assert torch.allclose(mean.class_embeds, F.normalize(torch.tensor([[0.5, 0.5], [0.8, 0.6]]), dim=-1))
+    image = torch.tensor([[1.0, 0.0]])  # exactly prompt a of class 0
+    # The mean of a and b points at 45 degrees: class 1 (at ~37 degrees) is closer, so "mean" misses it,
+    # while "max" finds the prompt it matches exactly.
+    assert mean.scores(image).argmax(1).item() == 1
+    best = PromptBank(encode, [["a", "b"], ["c"]], "max").scores(image)
+    assert torch.allclose(best, torch.tensor([[1.0, 0.8]]))
+    with pytest.raises(ValueError, match="mean' or 'max"):
+        PromptBank(encode, [["a"]], "median")

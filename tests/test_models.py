@@ -54,16 +54,22 @@ def test_size_table_rows_build():
 # Parameters an objective does not train: the bias is the sigmoid loss's, the classifier the supervised
 # loss's, and the supervised loss uses the image tower and its classifier only.
 UNUSED = {"clip": ("logit_bias", "classifier."), "siglip": ("classifier.",), "fdt": ("logit_bias", "classifier."),
-          "supervised": ("text.", "image_head.", "text_head.", "logit_")}
+          "supervised": ("text.", "image_head.", "text_head.", "logit_"), "filip": ("logit_bias", "classifier."),
+          "unicl": ("logit_bias", "classifier."), "ptp": ("logit_bias", "classifier.")}
+
+
+HEADS = {"fdt": "fdt", "filip": "tokens"}  # objectives that need a particular head
 
 
 @pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - set(GENERATIVE)))
 def test_every_objective_trains_every_parameter(name):
-    model = tiny_model(head="fdt" if name == "fdt" else "projection")
+    model = tiny_model(head=HEADS.get(name, "projection"))
     model.classifier = LinearClassifier(model.vision.width, 3)
     objective = build_objective(ObjectiveConfig(name=name))
     images, ids, mask = batch()
-    loss, metrics = objective(model(images, ids, mask), {"labels": torch.tensor([0, 2, 1, 2])})
+    # unicl reads text types (two labelled samples of class 2 share a label); ptp embeds prompts
+    extra = {"text_types": torch.tensor([0, 1, 0, 1]), "prompt_ids": ids.flip(0), "prompt_mask": mask.flip(0)}
+    loss, metrics = objective(model(images, ids, mask, **extra), {"labels": torch.tensor([0, 2, 1, 2]), **extra})
     loss.backward()
     assert torch.isfinite(loss) and metrics
     for pname, p in model.named_parameters():

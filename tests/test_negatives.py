@@ -1,6 +1,7 @@
 """Word-swap hard-negative captions (vlalign.data.negatives) and their path through collate."""
 
 import numpy as np
+import torch
 import pytest
 
 from vlalign.data.loader import collate
@@ -68,3 +69,25 @@ def test_collate_adds_tokenised_negatives_and_drops_those_truncated_away():
     assert same.any() and (short["negative_valid"] == ~same).all()
     plain = collate(world, list(range(8)), tokenizer, 64, ImageTransform(32, 3))
     assert "negative_ids" not in plain
+
+
+def test_fine_tuning_a_clip_run_keeps_its_tokenizer_and_trains_with_negatives(trained_tiny_run, tmp_path):
+    """The NegCLIP/SVLC setting: start from a trained CLIP run, fine-tune with hard negatives. The copied
+    text tower's vocabulary comes with it, even though the new data would train another tokenizer."""
+    from safetensors.torch import load_file
+
+    from vlalign.checkpoint import latest_checkpoint
+    from vlalign.recipes import get_recipe
+    from vlalign.train import run_training
+
+    cfg = get_recipe("tiny")
+    cfg.data.train = "shapes:n=64,seed=9,objects=3"  # other captions: a fresh BPE would differ
+    cfg.model.init_from = [str(trained_tiny_run)]
+    cfg.objective.hard_negatives = ["shape", "colour"]
+    cfg.train.steps, cfg.train.checkpoint_every = 2, 2
+    run_training(cfg, tmp_path / "ft", progress=False)
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == (trained_tiny_run / "tokenizer.json").read_text()
+    before = load_file(latest_checkpoint(trained_tiny_run / "checkpoints") / "model.safetensors")
+    after = load_file(latest_checkpoint(tmp_path / "ft" / "checkpoints") / "model.safetensors")
+    key = "text.token_embedding.weight"
+    assert key in before and before[key].shape == after[key].shape and not torch.equal(before[key], after[key])

@@ -56,6 +56,35 @@ class Aligner:
             out.append(self.model.encode_image(pixels))
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
+    @property
+    def late_interaction(self) -> bool:
+        """True for a FILIP run: evaluation scores token against token (``vlalign.objectives.filip``), as
+        it was trained; ``encode_image``/``encode_text`` still give the (untrained by FILIP) pooled embeddings."""
+        return self.config.objective.name == "filip"
+
+    @torch.inference_mode()
+    def encode_text_tokens(self, texts: Sequence[str], batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """list of N strings -> per-token embeddings [N, L, E] and mask [N, L] (a model.head=tokens run)."""
+        tokens, masks = [], []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(list(texts[i : i + batch_size]), self.config.data.context_length)
+            out = self.model.text_token_embeds(ids, mask)
+            tokens.append(out[0])
+            masks.append(out[1])
+        return torch.cat(tokens), torch.cat(masks)
+
+    @torch.inference_mode()
+    def encode_image_tokens(self, images: Sequence[np.ndarray] | torch.Tensor,
+                            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images as for ``encode_image`` -> per-patch embeddings [N, T, E] and mask [N, T]."""
+        tokens, masks = [], []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            out = self.model.image_token_embeds(chunk if torch.is_tensor(chunk) else self.transform(list(chunk)))
+            tokens.append(out[0])
+            masks.append(out[1])
+        return torch.cat(tokens), torch.cat(masks)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.transform(list(images))
 

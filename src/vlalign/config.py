@@ -33,7 +33,9 @@ class DataConfig:
     fraction: float = 1.0  # use this fraction of the training source (deterministic subset)
     max_skip_fraction: float = 0.01  # fail the run when more samples than this are corrupt
     cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
-    order: str = "exact"  # "exact": order is a function of (seed, epoch, rank, position)
+    # "exact": order is a function of (seed, epoch, rank, position), resume continues with the next sample;
+    # "resampled": random batches without epochs from one long-lived worker pool, resume starts a fresh stream
+    order: str = "exact"
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
     normalization: str = "auto"
@@ -44,10 +46,11 @@ class VisionConfig:
     size: str = "vit-tiny"  # a row of vlalign.models.registry.VISION_SIZES
     patch_size: int = 8
     in_channels: int = 3
-    patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT)
+    patch_embed: str = "standard"  # "standard" | "channel" (ChannelViT) | "conv" (convolutional stem)
     pool: str = "cls"  # "cls" | "mean"
     channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
     channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
+    locked: bool = False  # freeze the image tower (LiT, Zhai et al. 2022; Wukong): start it from model.init_from
     # Token merging (ToMe / SimVLG): merge this many similar tokens in every block (0 = off) ...
     merge_r: int = 0
     merge_schedule: list[int] = field(default_factory=list)  # ... or these many in block l (one count per block)
@@ -60,6 +63,9 @@ class TextConfig:
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
     tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
     locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
+    # learnable dataset-type prefix tokens per text type, caption or label (Prefix Conditioning, Saito et al.
+    # 2023); 0 = none. Zero-shot and retrieval use the caption prefix.
+    prefix_tokens: int = 0
 
 
 @dataclass(kw_only=True)
@@ -102,6 +108,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     head: str = "projection"  # "projection" (CLIP: linear map of the pooled feature) | "fdt"
+    # | "tokens" (the projection of every token too: FILIP's late interaction)
     fdt: FDTConfig = field(default_factory=FDTConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07  # CLIP: logit scale starts at 1/0.07
@@ -110,6 +117,7 @@ class ModelConfig:
     # Run directories whose newest checkpoint initialises this model, in order: every weight whose
     # name and shape match is copied (e.g. a CLIP run's `vision.*`, a language model's `decoder.*`).
     init_from: list[str] = field(default_factory=list)
+    init_modules: list[str] = field(default_factory=list)  # copy only these top-level modules (e.g. [vision]); [] = all
 
 
 @dataclass(kw_only=True)
@@ -124,6 +132,10 @@ class ObjectiveConfig:
     # clip/siglip/fdt: word-swap hard-negative captions as extra text negatives (NegCLIP/SVLC), any of
     # "colour", "size", "shape", "relation" (vlalign.data.negatives); [] = none
     hard_negatives: list[str] = field(default_factory=list)
+    # Also: "filip" (token-wise late interaction, needs model.head=tokens) | "unicl" (label-aware InfoNCE:
+    # samples of a labelled set sharing a class are positives) | "ptp" (clip + position-prompt InfoNCE)
+    ptp_weight: float = 1.0  # ptp: w in L = L_clip + w·L_prompt (PTP, Wang et al. 2023)
+    ptp_concat: bool = False  # append a position prompt to every training caption (PTP's reference data)
 
 
 @dataclass(kw_only=True)
@@ -168,6 +180,9 @@ class EvalConfig:
     vqa_n: int = 1000  # held-out questions for the vqa task
     caption_n: int = 200  # held-out images for the caption task (and the alignment diagnostic)
     batch_size: int = 256
+    # How zero-shot pools a class's prompts: "mean" embedding, "max" score, or "auto" (max on the shapes world,
+    # whose prompts enumerate sizes and positions; mean for paraphrase templates). See vlalign.eval.zeroshot.
+    prompt_ensemble: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -183,25 +198,26 @@ class RunConfig:
 
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.order": ("exact",),
+    "data.order": ("exact", "resampled"),
     "data.normalization": ("auto", "per_channel"),
-    "model.vision.patch_embed": ("standard", "channel"),
+    "model.vision.patch_embed": ("standard", "channel", "conv"),
     "model.arch": ("dual-encoder", "lm", "vlm"),
     "model.vision.pool": ("cls", "mean"),
     "model.vision.channel_sampling": ("none", "hcs"),
     "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
-    "model.head": ("projection", "fdt"),
+    "model.head": ("projection", "fdt", "tokens"),
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
-    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm"),
+    "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
     "train.precision": ("fp32", "nvfp4-sim"),
+    "eval.prompt_ensemble": ("auto", "mean", "max"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
@@ -278,8 +294,36 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
                           f"not '{cfg.objective.name}'.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
+    _validate_catalogue(cfg, source)
     _validate_efficiency(cfg, source)
     return cfg
+
+
+def _validate_catalogue(cfg: RunConfig, source: str) -> None:
+    """FILIP, prefix conditioning and PTP (issue 11): the combinations each needs."""
+    if cfg.objective.name == "filip" and cfg.model.head != "tokens":
+        raise ConfigError(f"In {source}: objective.name=filip scores token against token; set model.head=tokens "
+                          f"(it is '{cfg.model.head}').")
+    if cfg.model.text.prefix_tokens < 0:
+        raise ConfigError(f"Config key 'model.text.prefix_tokens' in {source} must be >= 0, "
+                          f"got {cfg.model.text.prefix_tokens}.")
+    if cfg.model.text.prefix_tokens and cfg.model.text.tower != "vlalign":
+        raise ConfigError(f"In {source}: model.text.prefix_tokens needs the vlalign text tower, not "
+                          f"'{cfg.model.text.tower}'. Set model.text.prefix_tokens=0.")
+    if cfg.model.init_modules and not cfg.model.init_from:
+        raise ConfigError(f"In {source}: model.init_modules {cfg.model.init_modules} selects weights of "
+                          "model.init_from, which is empty. Name the run to start from in model.init_from.")
+    if cfg.model.vision.locked and cfg.model.arch != "dual-encoder":
+        raise ConfigError(f"In {source}: model.vision.locked applies to the dual encoder; for model.arch "
+                          f"'{cfg.model.arch}' list 'vision' in model.vlm.freeze instead.")
+    needs_meta = (cfg.objective.name in ("unicl", "ptp") or cfg.objective.ptp_concat
+                  or cfg.model.text.prefix_tokens > 0)
+    if needs_meta and cfg.data.cache_dir:
+        raise ConfigError(f"In {source}: data.cache_dir keeps images, captions and labels only; text types and "
+                          "scenes (for unicl, ptp, ptp_concat, model.text.prefix_tokens) would be lost. "
+                          "Leave data.cache_dir empty.")
+    if cfg.objective.ptp_weight < 0:
+        raise ConfigError(f"Config key 'objective.ptp_weight' in {source} must be >= 0, got {cfg.objective.ptp_weight}.")
 
 
 def _validate_efficiency(cfg: RunConfig, source: str) -> None:

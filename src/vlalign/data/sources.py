@@ -93,3 +93,21 @@ def hf_source(argument: str) -> Source:
     from vlalign.data.hf import open_hf
 
     return open_hf(argument)
+
+
+@register_source("labels", "labels:SPEC  (a labelled source as image-label data: captions 'a {class}')")
+def labels_source(argument: str) -> Source:
+    from vlalign.data.mixture import LabelCaptions
+    from vlalign.data.specs import build_source
+
+    source = build_source(argument)
+    templates = source.templates() if hasattr(source, "templates") else None
+    return LabelCaptions(source, templates[0]) if templates else LabelCaptions(source)
+
+
+@register_source("union", "union:SPEC;SPEC[;...]  (sources one after another, e.g. captions and labels)")
+def union_source(argument: str) -> Source:
+    from vlalign.data.mixture import Union
+    from vlalign.data.specs import build_source
+
+    return Union([build_source(part.strip()) for part in argument.split(";") if part.strip()])

@@ -21,10 +21,10 @@ from vlalign.data.specs import build_source
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import DataError
 from vlalign.eval.retrieval import retrieval_metrics
-from vlalign.eval.tasks import TaskResult, _generic_label_set, load_arrays, task
+from vlalign.eval.tasks import TaskResult, _generic_label_set, load_arrays, prompt_ensemble, task
 from vlalign.eval.tasks import _shapes_eval_spec as shapes_eval_spec
 from vlalign.eval.tasks import _shapes_label_sets as shapes_label_sets
-from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
+from vlalign.eval.zeroshot import PromptBank
 
 BUDGETS = (2, 4, 8)  # pixel levels out of 255
 INPUT_RANGE = (-1.0, 1.0)  # model-input values of pixel levels 0 and 255
@@ -79,7 +79,7 @@ def random_perturbation(shape: torch.Size, epsilon: float, seed: int = 0) -> tor
 
 
 def _zeroshot_inputs(model: Aligner, spec: str | None):
-    """(spec, pixels [N, C, H, W], class embeddings [K, E], labels [N]) for the zero-shot check, or
+    """(spec, pixels [N, C, H, W], the classes' PromptBank, labels [N]) for the zero-shot check, or
     None when ``spec`` names an unlabelled source. Default: single-object shapes, shape+colour labels."""
     spec = spec or shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
     source = build_source(spec)
@@ -90,7 +90,8 @@ def _zeroshot_inputs(model: Aligner, spec: str | None):
         _, prompts, labels = shapes_label_sets(samples)["shape+colour"]
     else:
         _, prompts, _ = _generic_label_set(source)["class"]
-    return spec, model.preprocess(images), class_embeddings(model.encode_text, prompts), torch.tensor(labels)
+    bank = PromptBank(model.encode_text, prompts, prompt_ensemble(model, hasattr(source, "scene")))
+    return spec, model.preprocess(images), bank, torch.tensor(labels)
 
 
 @task("adversarial")
@@ -113,8 +114,8 @@ def adversarial(model: Aligner, spec: str | None) -> TaskResult:
         out = {"i2t_R@1": r["i2t_R@1"], "t2i_R@1": r["t2i_R@1"]}
         if zeroshot is not None:
             _, zs_pixels, zs_classes, zs_labels = zeroshot
-            out["zeroshot_top1"] = zeroshot_classify(model.encode_image(perturb(zs_pixels, delta)), zs_classes,
-                                                     zs_labels)["top1"]
+            logits = zs_classes.scores(model.encode_image(perturb(zs_pixels, delta)))  # [N, K]
+            out["zeroshot_top1"] = (logits.argmax(1) == zs_labels).float().mean().item()
         return out
 
     clean = scores(torch.zeros(pixels.shape[1:]))

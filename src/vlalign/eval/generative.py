@@ -29,6 +29,7 @@ from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
+from vlalign.eval.mir import decoder_mir
 from vlalign.eval.retrieval import ranks_of_truth
 from vlalign.eval.tasks import TaskResult, task
 from vlalign.objectives.cgvlm import image_sentence_similarity, pool_patches
@@ -197,3 +198,25 @@ def alignment_diagnostic(model: VisualAssistant, samples: list) -> dict[str, flo
         "i2t_R@1": float((ranks <= 1).float().mean()),
         "i2t_R@5": float((ranks <= 5).float().mean()),
     }
+
+
+MIR_SCENES = 128  # held-out scenes for mir-vlm: ~128 x (P + L) tokens per layer, enough for stable covariances
+
+
+@task("mir-vlm", generative=True)
+def mir_vlm(model: VisualAssistant, spec: str | None) -> TaskResult:
+    """Modality Integration Rate of the language model (METHODS.md, seed row 37): per decoder layer, the
+    Fréchet distance between the image-prefix tokens and the caption tokens of held-out scenes; lower
+    means the image tokens are read more like text."""
+    _needs_images(model, "mir-vlm")
+    spec, samples = _eval_scenes(model, spec)
+    samples = samples[:MIR_SCENES]
+    with torch.inference_mode():
+        pixels = model.transform([s.image for s in samples])  # [N, C, H, W]
+        ids, mask = model.tokenizer([s.caption for s in samples], model.config.data.context_length)
+        prefix, image_mask = model.model.prefix(pixels, None, len(samples))  # [N, P, D]
+        full_mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool) if image_mask is None else image_mask,
+                               mask.bool()], dim=1)  # [N, P+L]
+        hidden = model.model.decoder(ids, prefix, full_mask).hidden_states
+    out = decoder_mir(hidden, prefix.shape[1], mask.bool())
+    return TaskResult([{"task": "mir-vlm", "data": spec, "n": len(samples), **out}])

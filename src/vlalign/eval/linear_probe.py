@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from vlalign.api import Aligner
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
-from vlalign.eval.tasks import TaskResult, load_arrays, task
-from vlalign.eval.tasks import _shapes_eval_spec as shapes_eval_spec
+from vlalign.eval.tasks import TaskResult, labelled_eval_spec, load_arrays, task
 from vlalign.eval.tasks import _shapes_label_sets as shapes_label_sets
 from vlalign.eval.zeroshot import classification_metrics
 
@@ -116,7 +115,7 @@ def linear_probe_task(model: Aligner, spec: str | None) -> TaskResult:
     """Logistic-regression probes (full and 1/5/10-shot) on frozen image embeddings; on shapes for the
     shape, colour and shape+colour labels, otherwise for the source's classes."""
     n = model.config.eval.zeroshot_n
-    spec = spec or shapes_eval_spec(model, n, "exclude")
+    spec = spec or labelled_eval_spec(model)
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, n)
     features = model.encode_image(images)  # [N, E]

@@ -15,8 +15,14 @@ def ranks_of_truth(similarity: torch.Tensor) -> torch.Tensor:
 def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, ks=(1, 5, 10)) -> dict:
     """image_embeds, text_embeds [N, E] unit-norm, row i of each is a pair."""
     sim = image_embeds @ text_embeds.t()  # [N images, N texts]
-    out = {"n": int(sim.shape[0])}
-    for name, ranks in (("i2t", ranks_of_truth(sim)), ("t2i", ranks_of_truth(sim.t()))):
+    return retrieval_metrics_from_scores(sim, sim.t(), ks)
+
+
+def retrieval_metrics_from_scores(i2t: torch.Tensor, t2i: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """i2t [N images, N texts] and t2i [N texts, N images] scores with the true pairs on the diagonals
+    (two matrices: FILIP's late interaction scores each direction differently)."""
+    out = {"n": int(i2t.shape[0])}
+    for name, ranks in (("i2t", ranks_of_truth(i2t)), ("t2i", ranks_of_truth(t2i))):
         for k in ks:
             out[f"{name}_R@{k}"] = (ranks <= k).float().mean().item()
         out[f"{name}_mean_rank"] = ranks.float().mean().item()

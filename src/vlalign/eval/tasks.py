@@ -20,8 +20,9 @@ from vlalign.data.specs import build_source
 from vlalign.errors import DataError
 from vlalign.eval import plots
 from vlalign.eval.channels import channel_subsets, subset_accuracies, summarise
-from vlalign.eval.retrieval import retrieval_metrics
-from vlalign.eval.zeroshot import class_embeddings, zeroshot_classify
+from vlalign.eval.late_interaction import PromptScores, token_similarities
+from vlalign.eval.retrieval import retrieval_metrics, retrieval_metrics_from_scores
+from vlalign.eval.zeroshot import PromptBank, classification_metrics
 
 
 @dataclass
@@ -75,6 +76,14 @@ def _shapes_eval_spec(model: Aligner, n: int, mode: str) -> str:
     return spec
 
 
+def labelled_eval_spec(model: Aligner) -> str:
+    """Default data of the classification tasks: held-out single-object scenes for a run trained on the
+    shapes world, else the run's ``data.eval`` (e.g. ``fashion-mnist:test``)."""
+    if model.config.data.train.startswith("shapes:"):
+        return _shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    return model.config.data.eval
+
+
 def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
     """For single-object shapes scenes: label set name -> (class names, prompts per class, labels).
 
@@ -107,17 +116,33 @@ def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[s
     return {"class": (list(source.classes), [[t.format(c=c) for t in templates] for c in source.classes], None)}
 
 
+def prompt_ensemble(model: Aligner, is_shapes: bool) -> str:
+    """``eval.prompt_ensemble``; "auto" takes "max" for the shapes label sets, whose prompts enumerate the
+    sizes and positions a class comes in, and "mean" for paraphrase templates (``vlalign.eval.zeroshot``)."""
+    choice = model.config.eval.prompt_ensemble
+    return ("max" if is_shapes else "mean") if choice == "auto" else choice
+
+
 def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: int) -> TaskResult:
     images, _, labels, samples = load_arrays(source, limit)
-    image_embeds = model.encode_image(images)
     is_shapes = hasattr(source, "scene")
     label_sets = _shapes_label_sets(samples) if is_shapes else _generic_label_set(source)
+    if model.late_interaction:  # FILIP: token-wise scores, each distinct prompt once
+        scores = PromptScores(model, images, [p for _, prompts, _ in label_sets.values() for ps in prompts for p in ps])
+    else:
+        image_embeds = model.encode_image(images)
     result = TaskResult([])
     for label_set, (names, prompts, set_labels) in label_sets.items():
         set_labels = torch.tensor(labels if set_labels is None else set_labels)
-        metrics = zeroshot_classify(image_embeds, class_embeddings(model.encode_text, prompts), set_labels)
+        ensemble = prompt_ensemble(model, is_shapes)
+        if model.late_interaction:
+            ensemble = "mean"  # PromptScores pools token-wise scores by their mean
+            metrics = classification_metrics(scores.class_logits(prompts), set_labels, len(prompts))
+        else:
+            logits = PromptBank(model.encode_text, prompts, ensemble).scores(image_embeds)  # [N, K]
+            metrics = classification_metrics(logits, set_labels, len(prompts))
         confusion = metrics.pop("confusion")
-        result.results.append({"task": task_name, "data": spec, "labels": label_set, **metrics})
+        result.results.append({"task": task_name, "data": spec, "labels": label_set, "ensemble": ensemble, **metrics})
         if label_set in ("shape+colour", "class"):
             present = sorted(set(set_labels.tolist()))
             result.figures[f"{task_name}: confusion ({label_set})"] = plots.confusion_matrix(
@@ -128,7 +153,7 @@ def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: 
 @task("zeroshot")
 def zeroshot(model: Aligner, spec: str | None) -> TaskResult:
     """Zero-shot classification with prompt ensembles; on shapes: shape, colour and shape+colour labels."""
-    spec = spec or _shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    spec = spec or labelled_eval_spec(model)
     return _classify(model, "zeroshot", spec, build_source(spec), model.config.eval.zeroshot_n)
 
 
@@ -145,10 +170,15 @@ def retrieval(model: Aligner, spec: str | None) -> TaskResult:
     spec = spec or model.config.data.eval
     source = build_source(spec)
     images, captions, _, _ = load_arrays(source, model.config.eval.retrieval_n)
-    image_embeds, text_embeds = model.encode_image(images), model.encode_text(captions)
-    metrics = retrieval_metrics(image_embeds, text_embeds)
+    if model.late_interaction:  # FILIP: s^I ranks texts, s^T ranks images
+        i2t, t2i = token_similarities(model, images, captions)  # [N images, N texts] each
+        metrics = retrieval_metrics_from_scores(i2t, t2i.t())
+        sim = t2i[:, :8].t()  # [8 queries, N]
+    else:
+        image_embeds, text_embeds = model.encode_image(images), model.encode_text(captions)
+        metrics = retrieval_metrics(image_embeds, text_embeds)
+        sim = text_embeds[:8] @ image_embeds.t()  # [8 queries, N]
     metrics["unique_captions"] = len(set(captions))
-    sim = text_embeds[:8] @ image_embeds.t()  # [8 queries, N]
     top = sim.topk(min(5, len(images)), dim=1).indices.tolist()
     grid = plots.retrieval_grid(captions[:8], plots.display_images(np.stack(images)), top, list(range(8)))
     return TaskResult([{"task": "retrieval", "data": spec, **metrics}], {"retrieval examples": grid})
@@ -162,9 +192,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     prompts (on shapes: the "colour shape" classes). Default data: held-out single-object shapes
     for a shapes run, else the run's ``data.eval``.
     """
-    trained_on_shapes = model.config.data.train.startswith("shapes:")
-    spec = spec or (_shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude") if trained_on_shapes
-                    else model.config.data.eval)
+    spec = spec or labelled_eval_spec(model)
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
     pixels = model.preprocess(images)  # [N, C, H, W], every channel
@@ -175,11 +203,11 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
         _, prompts, set_labels = (_shapes_label_sets(samples)["shape+colour"] if is_shapes
                                   else _generic_label_set(source)["class"])
         labels = labels if set_labels is None else set_labels
-        class_embeds = class_embeddings(model.encode_text, prompts)  # [K, E]
-        method = "zeroshot"
+        bank = PromptBank(model.encode_text, prompts, prompt_ensemble(model, is_shapes))
+        method = f"zeroshot ({bank.ensemble} over prompts)"
 
         def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            return model.model.encode_image(x, ids) @ class_embeds.t()
+            return bank.scores(model.model.encode_image(x, ids))  # [B, K]
 
     labels = torch.tensor(labels)
     if (labels < 0).any():

@@ -1,7 +1,9 @@
 """The two-tower alignment model: a vision tower and a text tower pulled into one embedding space.
 
 Heads are components: ``PooledProjection`` (CLIP: a linear map of the pooled feature) by default;
-token-level heads (FDT, ...) plug in the same way. ``forward`` returns features, never a loss.
+token-level heads (FDT, FILIP's ``TokenProjection``) plug in the same way. An optional ``text_prefix``
+(``vlalign.models.prefix``) conditions the text tower on the text type. ``forward`` returns features,
+never a loss.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class AlignmentOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # head-specific outputs (e.g. FDT code weights,
     # "class_logits" [B, K] from the optional image classifier)
     negative_embeds: torch.Tensor | None = None  # [B, E] L2-normalised hard-negative captions, when given
+    prompt_embeds: torch.Tensor | None = None  # [B, E] L2-normalised auxiliary prompts (PTP), when given
 
 
 class PooledProjection(nn.Module):
@@ -40,6 +43,20 @@ class PooledProjection(nn.Module):
 
     def forward(self, features: VisionFeatures | TextFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return F.normalize(self.proj(features.pooled), dim=-1), {}
+
+
+class TokenProjection(PooledProjection):
+    """FILIP head (Yao et al. 2022, §3.1.1): the CLIP projection of the pooled feature, and the same
+    projection of every token, L2-normalised per token, for token-wise late interaction. Extras:
+    ``token_embeds`` [B, T, E] and ``token_mask`` [B, T] bool (True = real token; all real for patches).
+    Its weights are named as ``PooledProjection``'s, so a CLIP checkpoint loads into it."""
+
+    def forward(self, features: VisionFeatures | TextFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokens = F.normalize(self.proj(features.tokens), dim=-1)  # [B, T, E]
+        mask = features.mask
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return F.normalize(self.proj(features.pooled), dim=-1), {"token_embeds": tokens, "token_mask": mask}
 
 
 class FDTHead(nn.Module):
@@ -56,16 +73,19 @@ class FDTHead(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """``classifier`` (optional) maps the vision features to class logits, for supervised objectives."""
+    """``classifier`` (optional) maps the vision features to class logits, for supervised objectives;
+    ``text_prefix`` (optional, a ``DatasetPrefix``) gives the text tower a learned prefix per text type."""
 
     def __init__(self, vision: VisionTransformer, text: TextTransformer, image_head: nn.Module, text_head: nn.Module,
-                 init_temperature: float = 0.07, classifier: nn.Module | None = None):
+                 init_temperature: float = 0.07, classifier: nn.Module | None = None,
+                 text_prefix: nn.Module | None = None):
         super().__init__()
         self.vision = vision
         self.text = text
         self.image_head = image_head
         self.text_head = text_head
         self.classifier = classifier
+        self.text_prefix = text_prefix
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
@@ -80,28 +100,60 @@ class DualEncoder(nn.Module):
             raise ValueError("this model has no classification head; build it with model.num_classes > 0")
         return self.classifier(self.vision(images, channel_ids))
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings."""
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                    text_types: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings. ``text_types`` [B] (see
+        ``vlalign.models.prefix``) only matters with a text prefix; None reads every text as a caption."""
         mask = ids != 0 if mask is None else mask
-        return self.text_head(self.text(ids, mask))[0]
+        return self.text_head(self.text_features(ids, mask, text_types))[0]
+
+    def image_token_embeds(self, images: torch.Tensor,
+                           channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-patch embeddings [B, T, E] and mask [B, T] (needs a token head: model.head=tokens)."""
+        return self._token_embeds(self.image_head(self.vision(images, channel_ids))[1])
+
+    def text_token_embeds(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                          text_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token embeddings [B, L, E] and mask [B, L] (needs a token head: model.head=tokens)."""
+        mask = ids != 0 if mask is None else mask
+        return self._token_embeds(self.text_head(self.text_features(ids, mask, text_types))[1])
+
+    @staticmethod
+    def _token_embeds(extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "token_embeds" not in extras:
+            raise ValueError("this model's heads embed pooled features only; build it with model.head=tokens")
+        return extras["token_embeds"], extras["token_mask"]
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor,
+                      text_types: torch.Tensor | None = None) -> TextFeatures:
+        """The text tower's features, behind the prefix of each text's type (captions when None) if any."""
+        if self.text_prefix is None:
+            return self.text(ids, mask)
+        prefix = self.text_prefix.caption(ids.shape[0]) if text_types is None else self.text_prefix(text_types)
+        return self.text(ids, mask, prefix)
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 channel_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
-                negative_mask: torch.Tensor | None = None) -> AlignmentOutput:
+                negative_mask: torch.Tensor | None = None, *, text_types: torch.Tensor | None = None,
+                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None) -> AlignmentOutput:
         """``negative_ids``/``negative_mask`` [B, L]: hard-negative captions, embedded by the text tower
-        into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights)."""
+        into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights); likewise
+        ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``. ``text_types`` [B]: the type of each
+        text (caption or label) for the text prefix; negatives and prompts read as captions."""
         vision = self.vision(images, channel_ids)
-        text = self.text(text_ids, text_mask)
+        text = self.text_features(text_ids, text_mask, text_types)
         image_embeds, image_extras = self.image_head(vision)
         text_embeds, text_extras = self.text_head(text)
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
         if self.classifier is not None:
             extras["class_logits"] = self.classifier(vision)
-        negative_embeds = None
+        negative_embeds = prompt_embeds = None
         if negative_ids is not None:
-            negative_embeds = self.text_head(self.text(negative_ids, negative_mask))[0]
+            negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask))[0]
+        if prompt_ids is not None:
+            prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
-                               extras, negative_embeds)
+                               extras, negative_embeds, prompt_embeds)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

@@ -8,19 +8,21 @@ from vlalign.config import ModelConfig
 from vlalign.errors import ConfigError
 from vlalign.models.adapters import apply_adapter
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
-from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection
+from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection, TokenProjection
 from vlalign.models.fdt import FDTCodebook, FDTGrounding
 from vlalign.models.hf_text import HFTextTower, is_hf_tower, resolve_hf_path
 from vlalign.models.channel_sampling import HierarchicalChannelSampling
 from vlalign.models.channel_vit import ChannelPatchEmbed
 from vlalign.models.classifier import LinearClassifier
+from vlalign.models.prefix import DatasetPrefix
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
+from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.token_merging import TokenMerging, merge_schedule
 from vlalign.models.vit import PatchEmbed, VisionTransformer
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
-PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed}
+PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed, "conv": ConvStemEmbed}
 
 
 def build_patch_embed(cfg: ModelConfig, image_size: int, width: int) -> nn.Module:
@@ -55,8 +57,9 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Mod
     if is_hf_tower(cfg.text.tower):
         return HFTextTower(resolve_hf_path(cfg.text.tower), cfg.text.locked)
     size = text_size(cfg.text.size)
-    return TextTransformer(vocab_size, context_length, size.width, size.depth, size.heads, size.mlp_ratio,
-                           cfg.text.pool)
+    # Positions for the dataset-type prefix too (Prefix Conditioning), ahead of the text's own.
+    return TextTransformer(vocab_size, context_length + cfg.text.prefix_tokens, size.width, size.depth, size.heads,
+                           size.mlp_ratio, cfg.text.pool)
 
 
 def num_image_tokens(cfg: ModelConfig, image_size: int) -> int:
@@ -87,6 +90,8 @@ def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[n
         options = dict(pool=f.pool, activation=f.activation, temperature=f.temperature, pad_mode=f.pad_mode)
         return (FDTHead(FDTGrounding(vision_width, codebook, **options)),
                 FDTHead(FDTGrounding(text_width, codebook, **options)))
+    if cfg.head == "tokens":
+        return TokenProjection(vision_width, cfg.embed_dim), TokenProjection(text_width, cfg.embed_dim)
     return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
 
 
@@ -98,7 +103,10 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
     text = build_text(cfg, vocab_size, context_length)
     image_head, text_head = build_heads(cfg, vision.width, text.width)
     classifier = LinearClassifier(vision.width, cfg.num_classes) if cfg.num_classes > 0 else None
-    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier)
+    prefix = DatasetPrefix(cfg.text.prefix_tokens, text.width) if cfg.text.prefix_tokens else None
+    model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier, prefix)
     if cfg.text.locked:
         text.requires_grad_(False)
+    if cfg.vision.locked:  # LiT's locked image tower; its head still trains (FILIP needs it for tokens)
+        vision.requires_grad_(False)
     return apply_adapter(model, cfg.adapter)

@@ -20,7 +20,12 @@ class TextFeatures:
 
 class TextTransformer(nn.Module):
     """``pool="eot"``: causal attention and the last real token (CLIP, Radford et al. 2021 §2.4);
-    ``pool="mean"``: bidirectional attention and the mean over real tokens."""
+    ``pool="mean"``: bidirectional attention and the mean over real tokens.
+
+    ``forward(..., prefix=[B, P, D])`` prepends P learned embeddings to the token embeddings (Prefix
+    Conditioning); ``context_length`` must then cover the P prefix positions too. The prefix is
+    attended to and pooled over like a token, but left out of the returned tokens and mask.
+    """
 
     def __init__(self, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, pool: str = "eot"):
@@ -35,12 +40,20 @@ class TextTransformer(nn.Module):
         init_weights(self)
         nn.init.trunc_normal_(self.pos, std=0.01)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor | None = None) -> TextFeatures:
         B, L = ids.shape
-        x = self.token_embedding(ids) + self.pos[:, :L]  # [B, L, D]
+        x = self.token_embedding(ids)  # [B, L, D]
+        P = 0
+        if prefix is not None:
+            P = prefix.shape[1]
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, P+L, D]
+            mask = torch.cat([mask.new_ones(B, P), mask], dim=1)
+        x = x + self.pos[:, : P + L]
         causal = self.pool == "eot"
         x, intermediates = self.transformer(x, padding_attn_mask(mask, causal=causal))
         x = self.ln_final(x)
+        if P:  # back to the caller's L token positions; pooling below still sees the prefix through attention
+            x, mask, intermediates = x[:, P:], mask[:, P:], [h[:, P:] for h in intermediates]
         if self.pool == "eot":
             last = mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token (right padding)
             pooled = x[torch.arange(B, device=x.device), last]

@@ -48,8 +48,26 @@ def language_model_source(run_dirs: list[str]) -> Path | None:
     return found
 
 
-def load_matching_weights(model: nn.Module, run_dirs: list[str]) -> dict[str, str]:
-    """Copy matching module weights from each run's newest checkpoint, in order.
+def text_tower_source(run_dirs: list[str], modules: list[str] | tuple[str, ...] = ()) -> Path | None:
+    """The last run in ``run_dirs`` whose dual-encoder text tower is copied (all modules, or ``text`` among
+    ``modules``): its token embeddings, hence its tokenizer, are inherited (fine-tuning a CLIP run)."""
+    if modules and "text" not in modules:
+        return None
+    found = None
+    for run_dir in run_dirs:
+        run_checkpoint(run_dir)
+        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        model = saved.get("model", {})
+        if model.get("arch", "dual-encoder") == "dual-encoder" and not str(model.get("text", {}).get("tower", "")
+                                                                           ).startswith("hf:"):
+            found = Path(run_dir)
+    return found
+
+
+def load_matching_weights(model: nn.Module, run_dirs: list[str], modules: list[str] | tuple[str, ...] = ()
+                          ) -> dict[str, str]:
+    """Copy matching module weights from each run's newest checkpoint, in order; only those of the
+    top-level ``modules`` when given (LiT: a CLIP run's ``vision`` alone, the text tower from scratch).
 
     Returns {top-level module: the run it came from}. A run with no matching weight, or a weight of
     the same name but another shape (a different size, vocabulary or image size), is an error.
@@ -59,7 +77,8 @@ def load_matching_weights(model: nn.Module, run_dirs: list[str]) -> dict[str, st
     origin: dict[str, str] = {}
     for run_dir in run_dirs:
         tensors, _, _ = load_checkpoint(run_checkpoint(run_dir))
-        shared = [name for name in tensors if name in own and "." in name]
+        shared = [name for name in tensors if name in own and "." in name
+                  and (not modules or name.split(".")[0] in modules)]
         clashes = [f"{n} {tuple(tensors[n].shape)} vs {tuple(own[n].shape)}" for n in shared
                    if tensors[n].shape != own[n].shape]
         if clashes:

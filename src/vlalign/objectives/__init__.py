@@ -132,3 +132,52 @@ def cgvlm_objective(cfg: ObjectiveConfig) -> Objective:
         return loss, {"loss/gen": gen.item(), "loss/con": con.item()}
 
     return objective
+
+
+@register("filip")
+def filip_objective(cfg: ObjectiveConfig) -> Objective:
+    """FILIP / Wukong token-wise late interaction (``vlalign.objectives.filip``); needs model.head=tokens."""
+    from vlalign.objectives.filip import filip_loss
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if "image_token_embeds" not in out.extras:
+            raise ConfigError("objective.name=filip needs model.head=tokens (per-token embeddings).")
+        e = out.extras
+        loss = filip_loss(e["image_token_embeds"], e["image_token_mask"], e["text_token_embeds"],
+                          e["text_token_mask"], out.logit_scale)
+        return loss, {"loss/filip": loss.item()}
+
+    return objective
+
+
+@register("unicl", embeddings_only=True)
+def unicl_objective(cfg: ObjectiveConfig) -> Objective:
+    """UniCL label-aware InfoNCE (``vlalign.objectives.unicl``): labelled-set samples of one class are
+    positives of each other. A batch without ``text_types`` is all captions (then it is CLIP)."""
+    from vlalign.objectives.unicl import unicl_loss
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        device = out.image_embeds.device
+        labels = batch["labels"].to(device)
+        types = batch["text_types"].to(device) if "text_types" in batch else torch.zeros_like(labels)
+        loss = unicl_loss(out.image_embeds, out.text_embeds, out.logit_scale, labels, types)
+        return loss, {"loss/unicl": loss.item(), "label_fraction": types.float().mean().item()}
+
+    return objective
+
+
+@register("ptp")
+def ptp_objective(cfg: ObjectiveConfig) -> Objective:
+    """CLIP plus PTP's position-guided prompts as an auxiliary InfoNCE term (Wang et al. 2023):
+    L = L_clip(image, caption) + ptp_weight · L_clip(image, "the block P has a O")."""
+
+    def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if out.prompt_embeds is None:
+            raise ConfigError("objective.name=ptp needs position prompts in the batch (the shapes world's "
+                              "scenes give them; see vlalign.data.ptp).")
+        caption = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        prompt = clip_loss(out.image_embeds, out.prompt_embeds, out.logit_scale)
+        loss = caption + cfg.ptp_weight * prompt
+        return loss, {"loss/clip": caption.item(), "loss/ptp": prompt.item()}
+
+    return objective

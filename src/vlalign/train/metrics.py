@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlalign.train.step import OPTIONAL_INPUTS
+
 PEAK_PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
 
 
@@ -87,7 +89,9 @@ def count_flops_per_sample(model: nn.Module, batch: dict) -> float:
     # fork_rng: random layers must not draw here, or a resumed run's RNG stream would shift.
     with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
         negatives = (one["negative_ids"], one["negative_mask"]) if "negative_ids" in one else ()
-        out = model(one.get("images"), one["text_ids"], one["text_mask"], one.get("channel_ids"), *negatives)
+        options = {name: one[name] for name in OPTIONAL_INPUTS if name in one}
+        out = model(one.get("images"), one["text_ids"], one["text_mask"], one.get("channel_ids"), *negatives,
+                    **options)
         outputs = [getattr(out, f.name) for f in dataclasses.fields(out)]
         sum(t.float().sum() for t in outputs if torch.is_tensor(t) and t.requires_grad).backward()
     model.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ from vlalign.config import RunConfig
 from vlalign.data.cache import DecodedCache
 from vlalign.data.generative import collate_generative
 from vlalign.data.loader import Loader, collate
+from vlalign.data.ptp import all_prompts
 from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
@@ -27,7 +28,11 @@ from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
 from vlalign.models.nvfp4 import apply_nvfp4
-from vlalign.models.transfer import language_model_source, load_matching_weights
+from vlalign.models.transfer import (
+    language_model_source,
+    load_matching_weights,
+    text_tower_source,
+)
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 
@@ -117,11 +122,15 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
-    inherited = language_model_source(cfg.model.init_from) if cfg.model.arch != "dual-encoder" else None
+    if cfg.model.arch == "dual-encoder":
+        inherited = text_tower_source(cfg.model.init_from, cfg.model.init_modules)
+    else:
+        inherited = language_model_source(cfg.model.init_from)
     if inherited is not None:
         tokenizer = TextTokenizer.load(inherited / TOKENIZER_FILE)
     else:
-        tokenizer = train_tokenizer(source_captions(source), cfg.model.text.vocab_size)
+        extra = all_prompts() if position_prompts(cfg) != "none" else []  # PTP's prompt words get tokens too
+        tokenizer = train_tokenizer(source_captions(source) + extra, cfg.model.text.vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
@@ -136,7 +145,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
     if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
-        load_matching_weights(model, cfg.model.init_from)
+        load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
     if cfg.train.precision == "nvfp4-sim":
@@ -146,13 +155,14 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         transform.save(run_dir / PREPROCESS_FILE)
         (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
     collate_fn = functools.partial(collate, negative_kinds=tuple(cfg.objective.hard_negatives),
-                                   negative_seed=cfg.train.seed)
+                                   negative_seed=cfg.train.seed, position_prompts=position_prompts(cfg),
+                                   with_text_types=cfg.model.text.prefix_tokens > 0 or cfg.objective.name == "unicl")
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
-                    collate_fn=collate_fn)
+                    collate_fn=collate_fn, order=cfg.data.order)
     return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
 
 
@@ -164,6 +174,13 @@ def simulate_nvfp4(model, cfg: RunConfig) -> None:
                     "train.nvfp4_keep_first=%d / nvfp4_keep_last=%d; lower them", cfg.train.nvfp4_keep_first,
                     cfg.train.nvfp4_keep_last)
     log.info("nvfp4-sim: %d linear layers in NVFP4", len(swapped))
+
+
+def position_prompts(cfg: RunConfig) -> str:
+    """How PTP's position prompts enter the batch: "auxiliary" (objective ptp), "concat" or "none"."""
+    if cfg.objective.name == "ptp":
+        return "auxiliary"
+    return "concat" if cfg.objective.ptp_concat else "none"
 
 
 def freeze(model: VisionLanguageModel, cfg: RunConfig) -> None:

@@ -38,19 +38,24 @@ def batch_size(batch: dict) -> int:
     return batch["text_ids"].shape[0]
 
 
-def model_inputs(batch: dict) -> tuple:
-    """Positional arguments of the model's forward; hard-negative captions only when the batch has them
-    (only the dual encoder takes them)."""
+# Optional keyword inputs of the dual encoder's forward, passed only when the batch has them.
+OPTIONAL_INPUTS = ("text_types", "prompt_ids", "prompt_mask")
+
+
+def model_inputs(batch: dict) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of the model's forward; hard-negative captions, text types and
+    prompts only when the batch has them (only the dual encoder takes them)."""
     inputs = (batch["images"], batch["text_ids"], batch["text_mask"], batch["channel_ids"])
     if "negative_ids" in batch:
         inputs += (batch["negative_ids"], batch["negative_mask"])
-    return inputs
+    return inputs, {name: batch[name] for name in OPTIONAL_INPUTS if name in batch}
 
 
 def forward_backward(model: nn.Module, objective, batch: dict, accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
     """Loss of the whole (local) batch, with its gradients accumulated into ``.grad``."""
     if accum_steps == 1:
-        loss, metrics = objective(model(*model_inputs(batch)), batch)
+        args, kwargs = model_inputs(batch)
+        loss, metrics = objective(model(*args, **kwargs), batch)
         loss.backward()
         return loss.detach(), metrics
     return grad_cache(model, objective, batch, accum_steps)
@@ -73,7 +78,8 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
     with torch.no_grad():
         for part in micro:
             rng_states.append(_rng_snapshot())
-            out = model(*model_inputs(part))
+            args, kwargs = model_inputs(part)
+            out = model(*args, **kwargs)
             images.append(out.image_embeds)
             texts.append(out.text_embeds)
             negatives.append(out.negative_embeds)
@@ -90,7 +96,8 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
     for part, state, g_image, g_text, g_negative in zip(micro, rng_states, image.grad.split(sizes),
                                                         text.grad.split(sizes), negative_grads):
         _rng_restore(state)
-        out = model(*model_inputs(part))
+        args, kwargs = model_inputs(part)
+        out = model(*args, **kwargs)
         outputs, grads = [out.image_embeds, out.text_embeds], [g_image, g_text]
         if g_negative is not None:
             outputs.append(out.negative_embeds)
