@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.api import load
-from vlalign.config import apply_overrides
+from vlalign.config import ModelConfig, apply_overrides
 from vlalign.curate.similarity_filter import (
     detection_quality,
     filter_source,
@@ -37,6 +38,8 @@ from vlalign.data.convert import convert
 from vlalign.data.noise import ShuffledCaptions
 from vlalign.data.specs import build_source
 from vlalign.eval import run_tasks
+from vlalign.models.factory import build_vision
+from vlalign.models.registry import vision_size
 from vlalign.models.token_merging import TokenMerging
 from vlalign.recipes import SHAPES_HOLDOUT, get_recipe
 from vlalign.train import run_training
@@ -70,7 +73,8 @@ def train(name: str, work: Path, overrides: list[str]) -> dict:
     return {"run": str(out), "train_seconds": time.perf_counter() - start,
             "gflop_per_pair": last["flops_per_s"] / last["pairs_per_s"] / 1e9,
             "pairs_per_s": statistics.median(r["pairs_per_s"] for r in records[1:] or records),
-            "loss_curve": [(r["step"], r["loss"]) for r in records]}
+            "loss_curve": [(r["step"], r["loss"]) for r in records],
+            "max_grad_norm": max(r["grad_norm"] for r in records)}
 
 
 def quality(model) -> dict[str, float]:
@@ -89,38 +93,61 @@ def final_loss(curve: list, fraction: float = 0.2) -> float:
     return statistics.mean(tail)
 
 
-def time_step(model, batch, repeats: int) -> float:
-    """Median seconds of one forward + backward of the vision tower on ``batch``."""
+def time_step(vision, batch, repeats: int) -> float:
+    """Median seconds of one forward + backward of a vision tower on ``batch``."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model.vision(batch).pooled.sum().backward()
+        vision(batch).pooled.sum().backward()
         times.append(time.perf_counter() - t0)
-    model.zero_grad(set_to_none=True)
+    vision.zero_grad(set_to_none=True)
     return statistics.median(times)
 
 
-def tome_speed(model, schedule: list[int], repeats: int = 15) -> dict[str, float]:
-    """The same weights with and without merging, timed in alternation (train step and inference)."""
+def vision_flops(vision, batch) -> float:
+    with FlopCounterMode(display=False) as counter:
+        vision(batch[:1]).pooled.sum().backward()
+    vision.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def tome_speed(vision, schedule: list[int], repeats: int = 15) -> dict[str, float]:
+    """One vision tower with and without merging, timed in alternation (train step and inference)."""
     torch.manual_seed(0)
     batch = torch.randn(64, 3, 32, 32)
     merging = TokenMerging(schedule)
     timings = {"plain_train": [], "tome_train": [], "plain_infer": [], "tome_infer": []}
+    flops = {}
     for _ in range(3):
         for kind, merger in (("plain", None), ("tome", merging)):
-            model.vision.token_merging = merger
-            model.train()
-            timings[f"{kind}_train"].append(time_step(model, batch, repeats // 3))
-            model.eval()
+            vision.token_merging = merger
+            vision.train()
+            flops[kind] = vision_flops(vision, batch)
+            timings[f"{kind}_train"].append(time_step(vision, batch, repeats // 3))
+            vision.eval()
             with torch.inference_mode():
                 t0 = time.perf_counter()
                 for _ in range(repeats // 3):
-                    model.vision(batch)
+                    vision(batch)
                 timings[f"{kind}_infer"].append((time.perf_counter() - t0) / (repeats // 3))
-    model.vision.token_merging = None
+    vision.token_merging = None
     med = {k: statistics.median(v) for k, v in timings.items()}
-    return {"vision_train_speedup": med["plain_train"] / med["tome_train"],
+    return {"vision_flops_ratio": flops["plain"] / flops["tome"],
+            "vision_train_speedup": med["plain_train"] / med["tome_train"],
             "vision_infer_speedup": med["plain_infer"] / med["tome_infer"]}
+
+
+def tome_speed_by_width() -> list[dict]:
+    """Speed only (random weights): merging pays off once the blocks' matmuls outweigh its gathers."""
+    rows = []
+    for size, schedule in (("vit-tiny", [8] * 4), ("vit-small-cpu", [5] * 6)):
+        cfg = ModelConfig()
+        cfg.vision.size, cfg.vision.patch_size = size, 4
+        torch.manual_seed(0)
+        speed = tome_speed(build_vision(cfg, 32), schedule)
+        rows.append({"method": f"ToMe speed only: {size} (width {vision_size(size).width}), r={schedule[0]} in each "
+                               f"of {len(schedule)} blocks", **speed})
+    return rows
 
 
 def with_merging(aligner, schedule: list[int]):
@@ -145,14 +172,21 @@ def run(steps: int, seed: int, work: Path) -> list[dict]:
     rows.append({"method": f"MindVL: average of last {AVERAGE_LAST} checkpoints (every {steps // 10} steps)", **cost,
                  **quality(load(run_dir, checkpoint=averaged))})
 
+    # The same baseline with another seed: the run-to-run spread every delta here should be read against.
+    other = train("baseline-seed", work, base_overrides(steps, seed + 1))
+    rows.append({"method": f"baseline, seed {seed + 1} (run-to-run spread)",
+                 **{k: other[k] for k in ("train_seconds", "gflop_per_pair", "pairs_per_s")},
+                 **quality(load(other["run"])), "final_loss": final_loss(other["loss_curve"])})
+
     # ToMe: trained with merging; and the baseline's weights with merging at inference only.
     tome = train("tome", work, base + [f"model.vision.merge_schedule={TOME_SCHEDULE}"])
-    speed = tome_speed(load(run_dir, weights="model").model, TOME_SCHEDULE)
+    speed = tome_speed(load(run_dir, weights="model").model.vision, TOME_SCHEDULE)
     rows.append({"method": f"SimVLG/ToMe: trained with merging r={TOME_SCHEDULE}",
                  **{k: tome[k] for k in ("train_seconds", "gflop_per_pair", "pairs_per_s")}, **speed,
                  **quality(load(tome["run"])), "final_loss": final_loss(tome["loss_curve"])})
     rows.append({"method": f"ToMe at inference only on the baseline (r={TOME_SCHEDULE})", **speed,
                  **quality(with_merging(load(run_dir, weights="model"), TOME_SCHEDULE))})
+    rows += tome_speed_by_width()
 
     # NVFP4: the first of the 2 blocks of each tower in FP4, the last kept in high precision (as the paper
     # keeps its final blocks); embeddings and heads always stay high precision.
@@ -162,8 +196,9 @@ def run(steps: int, seed: int, work: Path) -> list[dict]:
     rows.append({"method": "NVFP4 simulated (first block of each tower in FP4; RHT, SR, 2-D weight scales)",
                  **{k: nvfp4[k] for k in ("train_seconds", "gflop_per_pair", "pairs_per_s")},
                  **quality(load(nvfp4["run"])), "final_loss": final_loss(nvfp4["loss_curve"]),
-                 "final_loss_gap_vs_fp32": gap, "loss_curve": nvfp4["loss_curve"]})
-    rows[0]["loss_curve"] = baseline["loss_curve"]
+                 "final_loss_gap_vs_fp32": gap, "loss_curve": nvfp4["loss_curve"],
+                 "max_grad_norm": nvfp4["max_grad_norm"]})
+    rows[0].update(loss_curve=baseline["loss_curve"], max_grad_norm=baseline["max_grad_norm"])
 
     # Open-Qwen2VL filtering: shuffle the captions of a known fraction, train on it, score with the
     # noisy run itself (no clean data needed) and with the clean baseline (a DFN-style filter model),
@@ -201,6 +236,7 @@ CLAIMS = {  # from METHODS.md §4 (abstract-level numbers) and the ToMe paper
     "trained with merging": "SimVLG: 5× faster training, comparable results (ToMe: ~2× ViT throughput, "
                             "<0.5% accuracy drop off the shelf)",
     "inference only": "ToMe: off-the-shelf merging needs no training",
+    "speed only": "ToMe: ~2× throughput for large ViTs",
     "NVFP4": "12B model on 10T tokens: loss and downstream ≈ FP8 baseline",
     "noisy data": "—",
     "self-filtered": "Open-Qwen2VL: CLIP/MLM-Filter-curated 29M pairs, 5B packed tokens (0.36% of Qwen2-VL's) "
@@ -219,16 +255,23 @@ def verdict(row: dict, rows: list[dict]) -> str:
     def delta(key: str) -> str:
         return f"{row[key] - base[key]:+.3f}" if key in row and key in base else "?"
 
+    if m.startswith("baseline,"):
+        return (f"zero-shot {delta('zeroshot_top1')}, t2i R@1 {delta('t2i_R@1')}: differences of this size "
+                "between arms are noise")
     if m.startswith("baseline"):
         return "reference"
+    if m.startswith("ToMe speed only"):
+        return (f"vision FLOPs {row['vision_flops_ratio']:.2f}× fewer; train step {row['vision_train_speedup']:.2f}×, "
+                f"inference {row['vision_infer_speedup']:.2f}× faster")
     if "trained with merging" in m:
-        return (f"{base['gflop_per_pair'] / row['gflop_per_pair']:.2f}× fewer FLOPs/pair, vision step "
-                f"{row['vision_train_speedup']:.2f}× faster; zero-shot {delta('zeroshot_top1')}, t2i R@1 "
-                f"{delta('t2i_R@1')}")
+        return (f"{base['gflop_per_pair'] / row['gflop_per_pair']:.2f}× fewer FLOPs per pair (vision "
+                f"{row['vision_flops_ratio']:.2f}×), vision train step {row['vision_train_speedup']:.2f}× faster; "
+                f"zero-shot {delta('zeroshot_top1')}, t2i R@1 {delta('t2i_R@1')}")
     if "inference only" in m:
         return f"vision inference {row['vision_infer_speedup']:.2f}× faster; zero-shot {delta('zeroshot_top1')}"
     if "NVFP4" in m:
-        return (f"final loss {row['final_loss_gap_vs_fp32']:+.1%} vs fp32; zero-shot {delta('zeroshot_top1')} "
+        return (f"final loss {row['final_loss_gap_vs_fp32']:+.1%} vs fp32, largest gradient norm "
+                f"{row['max_grad_norm']:.0f} (fp32: {base['max_grad_norm']:.0f}); zero-shot {delta('zeroshot_top1')} "
                 f"(simulated: {row['train_seconds'] / base['train_seconds']:.1f}× slower on a CPU, no FP4 units)")
     if "self-filtered" in m:
         noisy = next(r for r in rows if r["method"].startswith("noisy"))
@@ -262,8 +305,8 @@ def loss_table(rows: list[dict]) -> str:
     edges = [last * i // 5 for i in range(6)]
     lines = ["| steps | " + " | ".join(curves) + " |", "|" + "---|" * (1 + len(curves))]
     for lo, hi in itertools.pairwise(edges):
-        cells = [statistics.mean(loss for step, loss in curve if lo < step <= hi) for curve in curves.values()]
-        lines.append(f"| {lo + 1}-{hi} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        cells = [[loss for step, loss in curve if lo < step <= hi] for curve in curves.values()]
+        lines.append(f"| {lo + 1}-{hi} | " + " | ".join(f"{statistics.mean(c):.3f}" if c else "–" for c in cells) + " |")
     return "\n".join(lines)
 
 
