@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from vlalign.checkpoint import latest_checkpoint, load_checkpoint
+from vlalign.checkpoint import EMA_FILE, latest_checkpoint, load_checkpoint, load_ema
 from vlalign.config import RunConfig, from_dict
 from vlalign.data.generative import encode_prompts
 from vlalign.data.tokenizer import TextTokenizer
@@ -147,13 +147,33 @@ class VisualAssistant:
         return self.model.project_images(pixels)[0]
 
 
+def _chosen_weights(tensors: dict, checkpoint: Path, weights: str, run_has_ema: bool) -> dict:
+    if weights not in WEIGHTS:
+        raise VlalignError(f"weights must be one of {', '.join(WEIGHTS)}, got '{weights}'.")
+    if weights == "model" or (weights == "auto" and not run_has_ema):
+        return tensors
+    ema = load_ema(checkpoint)
+    if ema is None and weights == "ema":
+        raise CheckpointError(f"{checkpoint} has no EMA weights ({EMA_FILE}); train with train.ema_decay > 0, "
+                              "or load weights='model'.")
+    return tensors if ema is None else ema
+
+
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
-def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner | VisualAssistant:
+WEIGHTS = ("auto", "model", "ema")
+
+
+def load(run_dir: str | Path, checkpoint: str | Path | None = None,
+         weights: str = "auto") -> Aligner | VisualAssistant:
     """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
-    exported Hugging Face-style directory)."""
+    exported Hugging Face-style directory).
+
+    ``weights``: "auto" takes the moving average of the weights when the run trained one
+    (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
+    average (an error if the checkpoint has none)."""
     from vlalign.export import is_hf_export, load_hf_export
 
     run_dir = Path(run_dir)
@@ -172,7 +192,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None) -> Aligner |
     tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
     tensors, _, state = load_checkpoint(checkpoint)
-    model.load_state_dict(tensors)
+    model.load_state_dict(_chosen_weights(tensors, checkpoint, weights, cfg.train.ema_decay > 0))
     model.eval()
     transform = ImageTransform.load(run_dir / PREPROCESS_FILE)
     kind = Aligner if isinstance(model, DualEncoder) else VisualAssistant

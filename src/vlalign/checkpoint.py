@@ -6,6 +6,7 @@ Layout of ``checkpoints/step-N/``::
     optimizer.safetensors   optimizer tensors, flattened as "state/<param>/<key>"
     state.json              format version, counters, config, per-rank RNG states and data-loader
                             positions, optimizer param groups and scalars
+    ema.safetensors         (only with train.ema_decay > 0) the moving average of the weights, a full state_dict
     COMMITTED               written last: a directory without it is never loaded
 
 A save writes into ``.tmp-step-N``, fsyncs every file, writes the marker, renames the directory
@@ -45,6 +46,7 @@ REQUIRED_KEYS = ("format_version", "step", "train_state", "config", "world_size"
 REQUIRED_RANK_KEYS = ("rng", "loader")
 REQUIRED_RNG_KEYS = ("python", "numpy", "torch")
 REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+EMA_FILE = "ema.safetensors"
 
 
 def _fsync_file(path: Path) -> None:
@@ -163,7 +165,7 @@ def _tuples(x: Any) -> Any:
 
 
 def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict | None,
-                    meta: dict[str, Any], keep_last_k: int = 0) -> Path:
+                    meta: dict[str, Any], keep_last_k: int = 0, ema_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomically write ``root/step-{step}``; then prune to the newest ``keep_last_k`` (0 keeps all).
 
     A failure while writing (full disk, permissions) removes the partial directory and raises a
@@ -176,7 +178,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         remove_leftovers(root)
         tmp = root / f"{TMP_PREFIX}step-{step}"
         tmp.mkdir()
-        write_files(tmp, model_state, optimizer_state, {"format_version": FORMAT_VERSION, "step": step, **meta})
+        write_files(tmp, model_state, optimizer_state, {"format_version": FORMAT_VERSION, "step": step, **meta},
+                    ema_state)
         commit(tmp, final, step)
     except OSError as err:
         shutil.rmtree(root / f"{TMP_PREFIX}step-{step}", ignore_errors=True)
@@ -188,9 +191,11 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
 
 
 def write_files(directory: Path, model_state: dict[str, torch.Tensor], optimizer_state: dict | None,
-                meta: dict[str, Any]) -> None:
+                meta: dict[str, Any], ema_state: dict[str, torch.Tensor] | None = None) -> None:
     """Tensors and JSON into ``directory``, each file fsynced. Nothing is committed yet."""
     save_tensors(model_state, directory / "model.safetensors")
+    if ema_state is not None:
+        save_tensors(ema_state, directory / EMA_FILE)
     meta = dict(meta)
     if optimizer_state is not None:
         opt_tensors, meta["optimizer"] = optimizer_to_flat(optimizer_state)
@@ -275,6 +280,17 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     except (OSError, ValueError, KeyError) as err:  # missing file, bad JSON, corrupt safetensors header
         raise CheckpointError(f"Checkpoint {path} is damaged: {err}. Delete it to resume from the one before.") from err
     return model, optimizer, meta
+
+
+def load_ema(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The moving-average weights saved with a checkpoint, or None when it has none."""
+    path = Path(path) / EMA_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_tensors(path)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged: {err}. Delete its checkpoint to resume from the one before.") from err
 
 
 def load_meta(path: str | Path) -> dict:

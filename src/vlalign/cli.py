@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("spec", metavar="SPEC", help="a data spec, e.g. wds:shards/shards.json")
     inspect.add_argument("--limit", type=int, metavar="N", help="read only N evenly spaced samples")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    filt = data_sub.add_parser("filter", help="drop the pairs a trained run scores least similar; write the rest "
+                               "as shards (Open-Qwen2VL-style filtering)")
+    filt.add_argument("source", metavar="SRC", help="a data spec, e.g. wds:raw/shards.json")
+    filt.add_argument("--checkpoint", required=True, help="a trained dual-encoder run (or one of its checkpoints)")
+    filt.add_argument("--drop", type=float, required=True, metavar="F", help="fraction of pairs to drop, e.g. 0.2")
+    filt.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the kept shards")
+    filt.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     add_use_commands(sub)
     return parser
 
@@ -237,8 +244,25 @@ def cmd_data(args) -> int:
         report = inspect_source(build_source(args.spec), args.limit, progress=not args.json)
         print(json.dumps(report.as_dict(), indent=1) if args.json else format_report(report))
         return 0
-    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert or inspect "
+    if args.data_command == "filter":
+        return cmd_data_filter(args)
+    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect or filter "
                        "(see `vlalign data --help`).")
+
+
+def cmd_data_filter(args) -> int:
+    from vlalign.api import Aligner, load
+    from vlalign.curate.similarity_filter import filter_source
+    from vlalign.data.specs import build_source
+
+    model = load(args.checkpoint)
+    if not isinstance(model, Aligner):
+        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; filtering scores pairs with a "
+                           "dual encoder (model.arch dual-encoder).")
+    result = filter_source(model, build_source(args.source), args.drop, args.to, args.shard_size, progress=True)
+    print(f"kept {int(result.kept.sum())} of {len(result.kept)} pairs (score >= {result.threshold:.4f}); "
+          f"their data spec: wds:{result.shards.index}")
+    return 0
 
 
 def cmd_embed(args) -> int:

@@ -51,6 +51,9 @@ class VisionConfig:
     channel_sampling: str = "none"  # "none" | "hcs" (Hierarchical Channel Sampling, training only)
     channel_sampling_per: str = "batch"  # "batch" (the reference) | "sample"
     locked: bool = False  # freeze the image tower (LiT, Zhai et al. 2022; Wukong): start it from model.init_from
+    # Token merging (ToMe / SimVLG): merge this many similar tokens in every block (0 = off) ...
+    merge_r: int = 0
+    merge_schedule: list[int] = field(default_factory=list)  # ... or these many in block l (one count per block)
 
 
 @dataclass(kw_only=True)
@@ -227,6 +230,13 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 3
     accum_steps: int = 1  # micro-batches per step (GradCache: exact for contrastive losses)
     parallel: str = "replicate"  # multi-process: "replicate" (all-reduce gradients) | "fsdp" (FSDP2 sharding)
+    # Exponential moving average of the weights (MindVL-style averaging; 0 = off), saved with every
+    # checkpoint as ema.safetensors and used by `vlalign.load` (and so by eval) when on.
+    ema_decay: float = 0.0
+    # "fp32" | "nvfp4-sim": simulated NVFP4 training of the transformer blocks' linear layers (arXiv 2509.25149)
+    precision: str = "fp32"
+    nvfp4_keep_first: int = 1  # nvfp4-sim: the first N blocks of each tower stay in high precision
+    nvfp4_keep_last: int = 1  # nvfp4-sim: the last N blocks of each tower stay in high precision
 
 
 @dataclass(kw_only=True)
@@ -275,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
+    "train.precision": ("fp32", "nvfp4-sim"),
     "eval.prompt_ensemble": ("auto", "mean", "max"),
     "model.fusion.kind": ("none", "fiber", "manager"),
     "model.fusion.itm_negatives": ("hard", "random"),
@@ -357,6 +368,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     _validate_catalogue(cfg, source)
     _validate_fusion(cfg, source)
     _validate_catalogue_more(cfg, source)
+    _validate_efficiency(cfg, source)
     return cfg
 
 
@@ -474,6 +486,20 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
     if m.text.lock_projection and not m.text.locked:
         raise ConfigError(f"In {source}: model.text.lock_projection fixes the text space only with the tower "
                           "fixed too; set model.text.locked=true.")
+
+
+def _validate_efficiency(cfg: RunConfig, source: str) -> None:
+    """Token merging, EMA and simulated low precision (catalogue issue 12)."""
+    vision = cfg.model.vision
+    if (vision.merge_r or any(vision.merge_schedule)) and cfg.model.arch != "dual-encoder":
+        raise ConfigError(f"In {source}: model.vision.merge_r / merge_schedule apply to the dual encoder only; the "
+                          f"'{cfg.model.arch}' arch feeds a fixed number of image tokens to its language model.")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"Config key 'train.ema_decay' in {source} must be in [0, 1) (0 = no EMA), "
+                          f"got {cfg.train.ema_decay}.")
+    if cfg.train.nvfp4_keep_first < 0 or cfg.train.nvfp4_keep_last < 0:
+        raise ConfigError(f"In {source}: train.nvfp4_keep_first and train.nvfp4_keep_last count blocks kept in "
+                          "high precision and must be >= 0.")
 
 
 def _validate_arch(cfg: RunConfig, source: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlalign.config import ModelConfig
+from vlalign.errors import ConfigError
 from vlalign.models.adapters import apply_adapter
 from vlalign.models.cross_modal import CrossModal, MaskedTokenHead, MatchingHead
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
@@ -20,6 +21,7 @@ from vlalign.models.prefix import DatasetPrefix
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.conv_stem import ConvStemEmbed
+from vlalign.models.token_merging import TokenMerging, merge_schedule
 from vlalign.models.vit import PatchEmbed, VisionTransformer
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
@@ -37,11 +39,21 @@ def build_channel_sampler(cfg: ModelConfig) -> nn.Module | None:
     return None
 
 
+def build_token_merging(cfg: ModelConfig, image_size: int, depth: int) -> TokenMerging | None:
+    """ToMe merging (``model.vision.merge_r`` / ``merge_schedule``); None when no block merges."""
+    try:
+        counts = merge_schedule(cfg.vision.merge_r, cfg.vision.merge_schedule, depth,
+                                1 + num_image_tokens(cfg, image_size))
+    except ValueError as err:
+        raise ConfigError(f"Token merging: {err}.") from None
+    return TokenMerging(counts) if any(counts) else None
+
+
 def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     size = vision_size(cfg.vision.size)
     patch_embed = build_patch_embed(cfg, image_size, size.width)
     return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool,
-                             build_channel_sampler(cfg))
+                             build_channel_sampler(cfg), build_token_merging(cfg, image_size, size.depth))
 
 
 def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:

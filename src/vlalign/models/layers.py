@@ -20,11 +20,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        return self.attend(x, attn_mask, is_causal)[0]
+
+    def attend(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (output [B, T, D], keys [B, heads, T, D/heads]); token merging measures similarity on the keys."""
         B, T, D = x.shape
         # [B, T, 3D] -> 3 x [B, heads, T, D/heads]
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+        return self.proj(out.transpose(1, 2).reshape(B, T, D)), k
 
 
 class MLP(nn.Module):
@@ -52,10 +57,16 @@ class Block(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                cross: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+                cross: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``merge`` (optional) maps (x [B, T, D], keys [B, heads, T, D/heads]) to fewer tokens between the
+        attention and the MLP, where ToMe merges (Bolya et al. 2023, §3; see ``token_merging.py``)."""
+        h, keys = self.attn.attend(self.ln_1(x), attn_mask, is_causal)
+        x = x + h
         if cross is not None:
             x = cross(x)
+        if merge is not None:
+            x = merge(x, keys)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids
 from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
+from vlalign.models.token_merging import TokenMerging
 
 
 @dataclass
@@ -28,6 +29,7 @@ class VisionFeatures:
     tokens: torch.Tensor  # [B, T, D] patch tokens after the final norm (CLS excluded)
     mask: torch.Tensor | None  # [B, T] bool for the patch tokens, None when all are real
     intermediates: list[torch.Tensor]  # per block [B, 1+T, D], before the final norm
+    token_sizes: torch.Tensor | None = None  # [B, T] patches each token stands for after token merging (None: 1)
 
 
 class PatchEmbed(nn.Module):
@@ -60,12 +62,16 @@ class PatchEmbed(nn.Module):
 
 class VisionTransformer(nn.Module):
     """``channel_sampler`` (optional) maps ``(images, channel_ids)`` to a channel subset before the
-    patch embedding, e.g. ``HierarchicalChannelSampling`` (active in training mode only)."""
+    patch embedding, e.g. ``HierarchicalChannelSampling`` (active in training mode only).
+    ``token_merging`` (optional, ``TokenMerging``) merges similar tokens inside the blocks (ToMe), in
+    training and at inference alike."""
 
     def __init__(self, patch_embed: nn.Module, width: int, depth: int, heads: int, mlp_ratio: float = 4.0,
-                 pool: str = "cls", channel_sampler: nn.Module | None = None):
+                 pool: str = "cls", channel_sampler: nn.Module | None = None,
+                 token_merging: TokenMerging | None = None):
         super().__init__()
         self.channel_sampler = channel_sampler
+        self.token_merging = token_merging
         self.patch_embed = patch_embed
         self.width = width
         self.pool = pool
@@ -91,20 +97,32 @@ class VisionTransformer(nn.Module):
         if patches.mask is not None:
             full = torch.cat([patches.mask.new_ones(B, 1), patches.mask], dim=1)
             attn_mask = padding_attn_mask(full)
-        x, intermediates = self.transformer(x, attn_mask)
-        return self.finish(x, patches.mask, intermediates)
+        sizes = None
+        if self.token_merging is None:
+            x, intermediates = self.transformer(x, attn_mask)
+        elif attn_mask is not None:
+            raise ValueError("token merging needs every image to have all its tokens; these images have masked "
+                             "tokens (missing channels). Set model.vision.merge_r=0 for such data.")
+        else:
+            x, intermediates, sizes = self.token_merging(self.transformer.blocks, x)
+            sizes = sizes[:, 1:]  # [B, T] without CLS
+        return self.finish(x, patches.mask, intermediates, sizes)
 
-    def finish(self, hidden: torch.Tensor, patch_mask: torch.Tensor | None,
-               intermediates: list[torch.Tensor]) -> VisionFeatures:
+    def finish(self, hidden: torch.Tensor, patch_mask: torch.Tensor | None, intermediates: list[torch.Tensor],
+               sizes: torch.Tensor | None = None) -> VisionFeatures:
         """Final norm and pooling of the last block's output ``hidden`` [B, 1+T, D] (CLS first); the fusion
-        layers (``vlalign.models.fusion``) end their pass through the tower's top blocks here too."""
+        layers (``vlalign.models.fusion``) end their pass through the tower's top blocks here too. ``sizes``
+        [B, T]: patches per token after ToMe merging (None: one each)."""
         x = self.ln_post(hidden)
         tokens = x[:, 1:]
         if self.pool == "cls":
             pooled = x[:, 0]
+        elif sizes is not None:  # a merged token counts as many times as the patches it stands for
+            pooled = (tokens * sizes.unsqueeze(-1)).sum(1) / sizes.sum(1, keepdim=True)
         elif patch_mask is None:
             pooled = tokens.mean(1)
         else:
             m = patch_mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * m).sum(1) / m.sum(1).clamp_min(1)
-        return VisionFeatures(pooled=pooled, tokens=tokens, mask=patch_mask, intermediates=intermediates)
+        return VisionFeatures(pooled=pooled, tokens=tokens, mask=patch_mask, intermediates=intermediates,
+                              token_sizes=sizes)

@@ -15,7 +15,15 @@ from pathlib import Path
 import yaml
 
 from vlalign import dist
-from vlalign.checkpoint import load_checkpoint, load_meta, missing_components, rng_state, save_checkpoint, set_rng_state
+from vlalign.checkpoint import (
+    load_checkpoint,
+    load_ema,
+    load_meta,
+    missing_components,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from vlalign.config import STRUCTURAL_FIELDS, RunConfig, diff, dump_yaml, to_dict
 from vlalign.errors import CheckpointError
 from vlalign.train.step import TrainState
@@ -23,9 +31,10 @@ from vlalign.train.step import TrainState
 log = logging.getLogger(__name__)
 
 
-def save(run_dir: Path, model, optimizer, loader, state: TrainState, cfg: RunConfig, strategy) -> Path:
+def save(run_dir: Path, model, optimizer, loader, state: TrainState, cfg: RunConfig, strategy, ema=None) -> Path:
     model_state = strategy.model_state(model)
     optimizer_state = strategy.optimizer_state(model, optimizer)
+    ema_state = ema.state_dict(model_state) if ema is not None else None
     ranks = dist.gather_object({"rng": rng_state(), "loader": loader.state_dict()})
     path, error = None, None
     if dist.is_main():
@@ -33,7 +42,7 @@ def save(run_dir: Path, model, optimizer, loader, state: TrainState, cfg: RunCon
                 "ranks": ranks}
         try:
             path = save_checkpoint(run_dir / "checkpoints", state.step, model_state, optimizer_state, meta,
-                                   cfg.train.keep_last_k)
+                                   cfg.train.keep_last_k, ema_state)
         except CheckpointError as err:
             error = str(err)
     path, error = dist.broadcast_object((str(path) if path else None, error))
@@ -42,8 +51,9 @@ def save(run_dir: Path, model, optimizer, loader, state: TrainState, cfg: RunCon
     return Path(path)
 
 
-def restore(path: Path, model, optimizer, loader, strategy) -> TrainState:
-    """Load every component saved at ``path`` into the live objects; fails loudly on anything missing."""
+def restore(path: Path, model, optimizer, loader, strategy, ema=None) -> TrainState:
+    """Load every component saved at ``path`` into the live objects; fails loudly on anything missing.
+    An EMA the checkpoint lacks (it was turned on for the resumed run) starts from the restored weights."""
     model_state, optimizer_state, meta = load_checkpoint(path)
     missing = missing_components(path, meta)
     if missing:
@@ -55,6 +65,13 @@ def restore(path: Path, model, optimizer, loader, strategy) -> TrainState:
             f"{dist.world_size()}. Resume with the same number (--nproc {meta['world_size']}): every rank's RNG "
             "and data position are saved separately.")
     strategy.load(model, optimizer, model_state, optimizer_state, str(path))
+    if ema is not None:
+        ema_state = load_ema(path)
+        if ema_state is not None:
+            ema.load_state_dict(ema_state, str(path))
+        else:
+            log.warning("%s has no EMA weights; the moving average starts from its weights", path)
+            ema.load_state_dict(model_state, str(path))
     mine = meta["ranks"][dist.rank()]
     loader.load_state_dict(mine["loader"])
     set_rng_state(mine["rng"])

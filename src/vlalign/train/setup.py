@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
+from vlalign.models.nvfp4 import apply_nvfp4
 from vlalign.models.text_cache import cached_text_embeddings
 from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 DESCRIPTIONS_FILE = "descriptions.safetensors"  # GPT4Image's cached description embeddings
@@ -144,6 +148,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
+    if cfg.train.precision == "nvfp4-sim":
+        simulate_nvfp4(model, cfg)
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
@@ -175,6 +181,16 @@ def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ..
         return (DescriptionView(texts, cached_text_embeddings(o.gpt4image.encoder, texts,
                                                               run_dir / DESCRIPTIONS_FILE)),)
     return ()
+
+
+def simulate_nvfp4(model, cfg: RunConfig) -> None:
+    """train.precision=nvfp4-sim: the blocks' linear layers train with simulated NVFP4 GEMMs."""
+    swapped = apply_nvfp4(model, cfg.train.nvfp4_keep_first, cfg.train.nvfp4_keep_last)
+    if not swapped:
+        log.warning("train.precision=nvfp4-sim quantises nothing: every block is kept in high precision by "
+                    "train.nvfp4_keep_first=%d / nvfp4_keep_last=%d; lower them", cfg.train.nvfp4_keep_first,
+                    cfg.train.nvfp4_keep_last)
+    log.info("nvfp4-sim: %d linear layers in NVFP4", len(swapped))
 
 
 def position_prompts(cfg: RunConfig) -> str:

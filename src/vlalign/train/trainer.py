@@ -28,6 +28,7 @@ from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
+from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.metrics import MetricsLog, Throughput
 from vlalign.train.optim import build_optimizer
@@ -64,9 +65,10 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     strategy = build_strategy(cfg.train.parallel if dist.world_size() > 1 else "replicate")
     model, loader, objective = strategy.wrap(parts.model), parts.loader, parts.objective
     optimizer = build_optimizer(model, cfg.optim)  # after wrapping: FSDP2 replaces the parameters
+    ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     state = TrainState()
     if resume_from is not None:
-        state = restore(resume_from, model, optimizer, loader, strategy)
+        state = restore(resume_from, model, optimizer, loader, strategy, ema)
         log.info("resuming from %s", resume_from)
     metrics = MetricsLog(run_dir / "metrics.jsonl", dist.is_main())
     metrics.truncate(state.step)
@@ -87,6 +89,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                 throughput.reset()
             step_metrics = train_step(model, objective, optimizer, batch, state, cfg, strategy)
             stopping = dist.all_reduce_max(float(stop_requested())) > 0
+            if step_metrics is not None and ema is not None:
+                ema.update(model, state.step)
             if step_metrics is not None:  # the update was applied (not a skipped non-finite step)
                 throughput.pairs += batch_size(batch) * dist.world_size()
                 bar.update(1)
@@ -99,7 +103,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
             periodic = step_metrics is not None and (
                 state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps)
             if periodic or stopping:
-                path = save(run_dir, model, optimizer, loader, state, cfg, strategy)
+                path = save(run_dir, model, optimizer, loader, state, cfg, strategy, ema)
             if stopping:
                 bar.close()
                 raise GracefulStop(f"Stopped by SIGTERM at step {state.step}; checkpoint {path} is saved. "
