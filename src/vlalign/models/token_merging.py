@@ -102,7 +102,7 @@ class TokenMerging(nn.Module):
                                  f"{max_merge(x.shape[1])}")
             bias = None if sizes is None else sizes.log().transpose(1, 2)[:, None]  # [B, 1, 1, T]: + log(size)
             step = MergeStep(r, sizes) if r > 0 else None
-            x = block(x, bias, False, step)
+            x = block(x, bias, False, merge=step)
             if step is not None:
                 sizes = step.sizes
             intermediates.append(x)
