@@ -27,13 +27,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipes", nargs="+", default=[r for r in ("shapes-clip", "fashion-mnist-clip") if r in RECIPES])
     parser.add_argument("--work", default="benchmarks/.work/locked_text")
     args = parser.parse_args()
     work = Path(args.work)
     rows = []
-    recipes = [r for r in ("shapes-clip", "fashion-mnist-clip") if r in RECIPES]
     for seed in args.seeds:
-        for recipe in recipes:
+        for recipe in args.recipes:
             rows.append(run(recipe, args.steps, seed, work, [], f"{recipe} (text from scratch)"))
             rows.append(run(recipe, args.steps, seed, work, LOCKED, f"{recipe} (locked MiniLM text)"))
             print(table(rows), flush=True)
