@@ -205,7 +205,8 @@ class Crash(Exception):
 def fsdp_resume(rank: int, world: int, out: Path) -> None:
     """FSDP2 through the trainer: a run that crashes after its step-3 checkpoint and is rerun ends
     bitwise equal to one that was not interrupted."""
-    overrides = RUN + ["train.parallel=fsdp", "train.steps=6", "train.checkpoint_every=3"]
+    overrides = RUN + ["train.parallel=fsdp", "train.steps=6", "train.checkpoint_every=3",
+                       "train.ema_decay=0.9"]  # the EMA is sharded like the weights, and gathered to save
     cfg = apply_overrides(get_recipe("tiny"), overrides)
     run_training(cfg, out / "fsdp_whole", progress=False)
     factory = OBJECTIVES["clip"]

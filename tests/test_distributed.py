@@ -126,6 +126,8 @@ def test_fsdp_run_resumes_bitwise_and_saves_full_weights(two_ranks):
     whole, resumed = two_ranks / "fsdp_whole", two_ranks / "fsdp_resumed"
     assert_same_checkpoint(whole / "checkpoints" / "step-6", resumed / "checkpoints" / "step-6")
     assert losses(whole) == losses(resumed)
+    ema, resumed_ema = (load_file(d / "checkpoints" / "step-6" / "ema.safetensors") for d in (whole, resumed))
+    assert ema.keys() == resumed_ema.keys() and all(torch.equal(ema[k], resumed_ema[k]) for k in ema)
     tensors, optimizer, meta = load_checkpoint(whole / "checkpoints" / "step-6")
     model = scenarios.micro_model()
     assert meta["world_size"] == 2 and len(meta["ranks"]) == 2

@@ -56,8 +56,9 @@ class ExponentialMovingAverage:
     def state_dict(self, model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A full model state dict with the averaged weights in place of the trained ones (call on every
         rank: sharded averages are gathered)."""
-        return {name: _full(self.shadow[name]) if name in self.shadow else value
-                for name, value in model_state.items()}
+        # Every rank gathers every average in the same order (FSDP2 gives model_state to rank 0 only).
+        averaged = {name: _full(shadow) for name, shadow in self.shadow.items()}
+        return {name: averaged.get(name, value) for name, value in model_state.items()}
 
     @torch.no_grad()
     def load_state_dict(self, tensors: dict[str, torch.Tensor], where: str) -> None:
