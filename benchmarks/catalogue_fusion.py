@@ -58,6 +58,10 @@ ARMS = (
                          *FUSION),
         "Ablation of FIBER/ALBEF's mining: ITM negatives drawn uniformly from the batch instead of from the "
         "contrastive softmax (ALBEF reports hard negatives help ITM-based retrieval).", baseline="fiber"),
+    Arm("fiber-open", ("model.fusion.kind=fiber", "model.fusion.num_layers=1", "model.fusion.gate_init=1.0", *FUSION),
+        "Ablation of FIBER's identity start: gates open from the first step (tanh(α) = 0.76 instead of 0), so ITM "
+        "and re-ranking need not wait for the gates to open.", baseline="fiber",
+        focus=("t2i_R@1", "i2t_R@1", "t2i_R@1_itm", "i2t_R@1_itm", "train_itm_accuracy")),
     Arm("uniter", ("model.fusion.kind=fiber", "model.fusion.num_layers=1", "model.fusion.mlm_probability=0.15",
                    "objective.wra_weight=0.1", *FUSION),
         "UNITER (Chen et al. 2020): MLM conditioned on the full image, ITM and word-region alignment by optimal "

@@ -114,6 +114,7 @@ class FusionConfig:
     kind: str = "none"
     num_layers: int = 1  # fiber: top blocks of each tower that cross-attend (below the tower depth); manager: layers
     num_managed_layers: int = 0  # manager: top unimodal layers each manager mixes; 0 = all, 1 = the last only
+    gate_init: float = 0.0  # fiber: α at start of every gate tanh(α); 0 (FIBER) starts as the plain dual encoder
     itm_negatives: str = "hard"  # ITM negatives: "hard" (from the batch's contrastive softmax) | "random"
     mlm_probability: float = 0.0  # > 0: image-conditioned masked language modelling on this fraction of words
 

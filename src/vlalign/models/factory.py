@@ -106,7 +106,7 @@ def build_cross_modal(cfg: ModelConfig, vision: VisionTransformer, text: TextTra
         return None
     v, t = vision_size(cfg.vision.size), text_size(cfg.text.size)
     if f.kind == "fiber":
-        fusion = FiberFusion(v.width, v.heads, t.width, t.heads, f.num_layers)
+        fusion = FiberFusion(v.width, v.heads, t.width, t.heads, f.num_layers, f.gate_init)
         image_width, text_width = v.width, t.width
     else:  # ManagerTower's cross-modal layers run at the text tower's width and heads
         fusion = ManagerFusion(v.width, t.width, t.width, t.heads, f.num_layers, f.num_managed_layers or v.depth,

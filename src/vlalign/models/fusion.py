@@ -65,12 +65,12 @@ class CrossAttention(nn.Module):
 
 
 class GatedCrossAttention(nn.Module):
-    """x + tanh(α)·CrossAttention(x, other), α a scalar that starts at 0 (the layer starts as identity)."""
+    """x + tanh(α)·CrossAttention(x, other), α a scalar that starts at ``gate_init`` (at 0 the layer is the identity)."""
 
-    def __init__(self, width: int, other_width: int, heads: int):
+    def __init__(self, width: int, other_width: int, heads: int, gate_init: float = 0.0):
         super().__init__()
         self.attn = CrossAttention(width, other_width, heads)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
 
     def forward(self, x: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor | None = None) -> torch.Tensor:
         return x + torch.tanh(self.gate) * self.attn(x, other, other_mask)
@@ -84,14 +84,15 @@ class FiberFusion(nn.Module):
     unimodal pass left at the input of block depth-K, so K must be below both towers' depths.
     """
 
-    def __init__(self, vision_width: int, vision_heads: int, text_width: int, text_heads: int, num_layers: int):
+    def __init__(self, vision_width: int, vision_heads: int, text_width: int, text_heads: int, num_layers: int,
+                 gate_init: float = 0.0):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"FIBER fuses at least one block per tower, got num_layers={num_layers}")
         self.num_layers = num_layers
-        self.image_to_text = nn.ModuleList(GatedCrossAttention(vision_width, text_width, vision_heads)
+        self.image_to_text = nn.ModuleList(GatedCrossAttention(vision_width, text_width, vision_heads, gate_init)
                                            for _ in range(num_layers))
-        self.text_to_image = nn.ModuleList(GatedCrossAttention(text_width, vision_width, text_heads)
+        self.text_to_image = nn.ModuleList(GatedCrossAttention(text_width, vision_width, text_heads, gate_init)
                                            for _ in range(num_layers))
         for module in (*self.image_to_text, *self.text_to_image):
             init_weights(module.attn)

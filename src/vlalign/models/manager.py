@@ -68,7 +68,8 @@ class ManagerFusion(nn.Module):
     """``num_layers`` cross-modal layers of width ``width``; the managers of the image (text) stream mix
     the top ``num_managed_vision`` (``num_managed_text``) blocks of the vision (text) tower, each first
     mapped to ``width`` by one shared linear map per tower (ManagerTower's cross-modal transforms).
-    The pooled features are the first token of each stream: CLS for the image, BOS for the text."""
+    The pooled features are the image stream's CLS token and the text stream pooled as the text tower pools
+    (its EOS token for a causal tower: a causal tower's BOS state is the same for every text)."""
 
     def __init__(self, vision_width: int, text_width: int, width: int, heads: int, num_layers: int,
                  num_managed_vision: int, num_managed_text: int):
@@ -105,4 +106,5 @@ class ManagerFusion(nn.Module):
             image = image_layer(image_in, image_keys, words_in, text.mask)
             words = text_layer(words_in, text.mask, image_in, image_keys)
         image, words = self.image_norm(image), self.text_norm(words)
-        return FusedFeatures(image[:, 1:], image[:, 0], vision.mask, words, words[:, 0], text.mask)
+        return FusedFeatures(image[:, 1:], image[:, 0], vision.mask, words, text_tower.pool_tokens(words, text.mask),
+                             text.mask)

@@ -58,12 +58,13 @@ class TextTransformer(nn.Module):
     def finish(self, hidden: torch.Tensor, mask: torch.Tensor, intermediates: list[torch.Tensor]) -> TextFeatures:
         """Final norm and pooling of the last block's output ``hidden`` [B, L, D]; the fusion layers
         (``vlalign.models.fusion``) end their pass through the tower's top blocks here too."""
-        B = hidden.shape[0]
         x = self.ln_final(hidden)
+        return TextFeatures(pooled=self.pool_tokens(x, mask), tokens=x, mask=mask, intermediates=intermediates)
+
+    def pool_tokens(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] tokens -> [B, D] by the tower's rule: the EOS token ("eot") or the mean of real tokens."""
         if self.pool == "eot":
             last = mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token (right padding)
-            pooled = x[torch.arange(B, device=x.device), last]
-        else:
-            m = mask.unsqueeze(-1).to(x.dtype)
-            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
-        return TextFeatures(pooled=pooled, tokens=x, mask=mask, intermediates=intermediates)
+            return x[torch.arange(x.shape[0], device=x.device), last]
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1)
