@@ -173,8 +173,9 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
         "",
         (f"Command: `nice -n 10 python benchmarks/catalogue_more_objectives.py --steps {args.steps} --eval-n "
          f"{args.eval_n} --jobs {args.jobs}` (torch {torch.__version__}, {platform.machine()}, 1 thread per run, "
-         f"{args.jobs} run(s) at a time, one seed; total {wall / 60:.1f} min on a shared 2-core machine, so seconds "
-         "are indicative only)."),
+         f"{args.jobs} run(s) at a time, one seed; {sum(r['train_seconds'] + r['eval_seconds'] for r in rows) / 60:.1f}"
+         " min of training and evaluation summed over the arms, on a shared, busy 2-core machine, so seconds are "
+         "indicative only)."),
         "",
         (f"Budget per arm: {args.steps} steps of 64 pairs, vit-micro/8 at 48 px + text-micro, lr 1e-3 cosine, as "
          f"`catalogue_objectives.md`. Shapes arms train on `{TRAIN}`; `zeroshot` / `compositional` = top-1 over the "
@@ -210,8 +211,8 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_more_objectives.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_more_objectives.json").write_text(json.dumps(
-        {"steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "wall_seconds": round(wall),
-         "arms": {a.name: list(a.overrides) for a in arms.values()}, "rows": rows}, indent=1))
+        {"steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "last_wall_seconds": round(wall),
+         "arms": {r["arm"]: list(arms[r["arm"]].overrides) for r in rows}, "rows": rows}, indent=1))
 
 
 def main() -> None:
@@ -221,6 +222,9 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=[a.name for a in ARMS], choices=[a.name for a in ARMS])
     parser.add_argument("--work", default="benchmarks/.work/catalogue_more")
     parser.add_argument("--jobs", type=int, default=1, help="arms trained at once (each on one thread)")
+    parser.add_argument("--keep-rows", action="store_true",
+                        help="keep the results file's rows of the arms not run now (runs are deterministic: the same "
+                             "settings give the same row)")
     args = parser.parse_args()
     arms = {a.name: a for a in ARMS if a.name in args.arms}
     if {"bind-edges", "clip-edges"} & set(arms) and "clip" not in arms and not (Path(args.work) / "clip").is_dir():
@@ -236,7 +240,21 @@ def main() -> None:
             for row in pool.map(partial(run_arm, steps=args.steps, work=work, eval_n=args.eval_n), wave):
                 done[row["arm"]] = row
                 print(json.dumps(row), flush=True)
-    write([done[name] for name in arms], arms, args, time.perf_counter() - start)
+    rows = [done[name] for name in arms]
+    if args.keep_rows:
+        rows = kept_rows(rows, args)
+    write(rows, {a.name: a for a in ARMS}, args, time.perf_counter() - start)
+
+
+def kept_rows(rows: list[dict], args) -> list[dict]:
+    """``rows`` with the earlier results file's rows of every other arm, in ARMS order (same steps and eval size)."""
+    path = RESULTS / "catalogue_more_objectives.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    if earlier["rows"] and (earlier["steps"], earlier["eval_n"]) != (args.steps, args.eval_n):
+        raise SystemExit(f"--keep-rows: {path} has steps={earlier['steps']}, eval_n={earlier['eval_n']}; "
+                         "rerun every arm instead")
+    by_name = {r["arm"]: r for r in earlier["rows"]} | {r["arm"]: r for r in rows}
+    return [by_name[a.name] for a in ARMS if a.name in by_name]
 
 
 if __name__ == "__main__":

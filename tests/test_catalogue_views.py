@@ -285,6 +285,11 @@ def test_objectives_add_their_weighted_terms(world_and_tokenizer):
                                         + 3 * m["loss/separation"], rel=1e-5)
     assert m["loss/separation"] == pytest.approx(
         stream_separation_loss([out.extras["stream_shape"], out.extras["stream_colour"]]).item(), rel=1e-6)
+    cfg.medslip.proto_warmup_steps = 10
+    loss, early = build_objective(cfg)(out, batch | {"step": 9})  # ProtoNCE waits for step 10 (PCL's warm-up)
+    assert "loss/proto" not in early
+    assert loss.item() == pytest.approx(m["loss/clip"] + 2 * m["loss/streams"] + 3 * m["loss/separation"], rel=1e-5)
+    assert build_objective(cfg)(out, batch | {"step": 10})[1]["loss/proto"] == pytest.approx(m["loss/proto"])
     cfg = ObjectiveConfig(name="ps3")
     cfg.ps3.region_weight = 0.25
     loss, m = build_objective(cfg)(out, batch)

@@ -161,6 +161,9 @@ class MeDSLIPConfig:
 
     proto_weight: float = 1.0
     num_prototypes: list[int] = field(default_factory=lambda: [8])  # k of each k-means clustering (ProtoNCE's M)
+    # steps of CLIP alone before ProtoNCE joins: clusters of untrained embeddings are noise (PCL warms up with
+    # InfoNCE only, 20 of 200 epochs)
+    proto_warmup_steps: int = 100
     stream_weight: float = 1.0  # each stream against its attribute text
     separation_weight: float = 1.0  # squared cosine between the streams of one image
 
@@ -470,6 +473,9 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
         if o.medslip.separation_weight and len(m.attribute_streams) < 2:
             raise ConfigError(f"In {source}: objective.medslip.separation_weight separates two streams; "
                               f"model.attribute_streams has {len(m.attribute_streams)}.")
+        if o.medslip.proto_warmup_steps < 0:
+            raise ConfigError(f"Config key 'objective.medslip.proto_warmup_steps' in {source} must be >= 0, "
+                              f"got {o.medslip.proto_warmup_steps}.")
         if any(k < 1 for k in o.medslip.num_prototypes):
             raise ConfigError(f"Config key 'objective.medslip.num_prototypes' in {source} needs clusterings of k >= 1, "
                               f"got {o.medslip.num_prototypes}.")

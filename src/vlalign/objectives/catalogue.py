@@ -54,15 +54,16 @@ def gpt4image_objective(cfg: ObjectiveConfig) -> Objective:
 
 @register("medslip")
 def medslip_objective(cfg: ObjectiveConfig) -> Objective:
-    """MeDSLIP (Fan et al. 2024): CLIP + ProtoNCE on k-means prototypes of the captions + each attribute stream
-    against its attribute text + the separation of the streams of one image."""
+    """MeDSLIP (Fan et al. 2024): CLIP + ProtoNCE on k-means prototypes of the captions (from step
+    ``proto_warmup_steps`` on; ``batch["step"]``, absent outside training, counts as past it) + each attribute
+    stream against its attribute text + the separation of the streams of one image."""
     m = cfg.medslip
 
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         scale = out.logit_scale
         clip = clip_loss(out.image_embeds, out.text_embeds, scale)
         loss, metrics = clip, {"loss/clip": clip.item()}
-        if m.proto_weight:
+        if m.proto_weight and batch.get("step", m.proto_warmup_steps) >= m.proto_warmup_steps:
             proto = proto_nce_loss(out.image_embeds, out.text_embeds, scale, m.num_prototypes)
             loss = loss + m.proto_weight * proto
             metrics["loss/proto"] = proto.item()

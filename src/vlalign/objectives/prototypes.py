@@ -13,6 +13,10 @@ distribution. As the reference code, singletons take the largest φ, φ is clipp
 percentiles and rescaled to mean 1 here (the reference rescales to mean τ; the model's logit scale s
 plays τ's part). Prototypes and φ are fixed targets (no gradient), as PCL's momentum features are.
 
+As PCL (which trains 20 of 200 epochs with InfoNCE alone), the term joins after a warm-up
+(``objective.medslip.proto_warmup_steps``): clusters of an untrained encoder's embeddings are noise, and
+pulling images towards them from step 0 stalled CLIP's own loss at ln(batch) for 50 steps here.
+
 Differences from the papers, on purpose: PCL clusters the whole dataset once per epoch with a
 momentum encoder; here each step's global batch is clustered, which needs no memory bank and keeps a
 step a pure function of its batch. MeDSLIP's ProtoCL prototype is the mean embedding of the entities

@@ -137,6 +137,7 @@ def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, ba
     """One step; returns its metrics, or None when a non-finite step was skipped (policy "skip")."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    batch = batch | {"step": state.step}  # objectives that schedule a term read it (a resumed run restores it)
     try:
         loss, metrics = forward_backward(model, objective, batch, cfg.train.accum_steps)
     except torch.OutOfMemoryError as err:
