@@ -133,6 +133,9 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # AdamW kernel: "auto" (fused where torch has a fused kernel for every parameter, else foreach),
+    # "fused" (one kernel over all tensors), "foreach" (multi-tensor ops) or "for-loop" (one parameter at a time)
+    implementation: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -148,6 +151,12 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 3
     accum_steps: int = 1  # micro-batches per step (GradCache: exact for contrastive losses)
     parallel: str = "replicate"  # multi-process: "replicate" (all-reduce gradients) | "fsdp" (FSDP2 sharding)
+    # Matmul precision of forward and backward (autocast; weights, optimizer state and the loss stay fp32):
+    # "fp32" | "bf16" | "auto" (bf16 only where a short probe measures bf16 matmuls faster than fp32 on this
+    # device, cached per machine; CPUs without native bf16 run it many times slower, so they get fp32)
+    precision: str = "auto"
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile the model (inductor); the first steps pay the compilation (minutes on a CPU)
 
 
 @dataclass(kw_only=True)
@@ -191,6 +200,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
+    "train.precision": ("fp32", "bf16", "auto"),
+    "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.

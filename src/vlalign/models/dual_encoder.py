@@ -33,6 +33,8 @@ class AlignmentOutput:
 class PooledProjection(nn.Module):
     """CLIP head: a bias-free linear map of the tower's pooled feature, L2-normalised."""
 
+    reads_tokens = False
+
     def __init__(self, width: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Linear(width, embed_dim, bias=False)
@@ -45,6 +47,8 @@ class PooledProjection(nn.Module):
 class FDTHead(nn.Module):
     """FDT head (METHODS.md §2): ground the tower's tokens (patches without CLS; real text tokens) in the
     shared codebook; the embedding is the normalised sparse mixture of codes. Extras carry the code weights."""
+
+    reads_tokens = True
 
     def __init__(self, grounding: nn.Module):
         super().__init__()
@@ -70,9 +74,11 @@ class DualEncoder(nn.Module):
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings."""
-        return self.image_head(self.vision(images, channel_ids))[0]
+    def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                     pooled_only: bool = False) -> torch.Tensor:
+        """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings. ``pooled_only``: skip the work
+        whose result the head does not read (see ``VisionTransformer.forward``); the same embeddings."""
+        return self.image_head(self._vision(images, channel_ids, pooled_only))[0]
 
     def classify_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] normalised pixels -> [B, K] class logits (needs a model built with a classifier)."""
@@ -80,18 +86,22 @@ class DualEncoder(nn.Module):
             raise ValueError("this model has no classification head; build it with model.num_classes > 0")
         return self.classifier(self.vision(images, channel_ids))
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings."""
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                    pooled_only: bool = False) -> torch.Tensor:
+        """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings. ``pooled_only``: as ``encode_image``
+        (the text tower then also drops the padding columns after the longest caption: keep it off for tracing)."""
         mask = ids != 0 if mask is None else mask
-        return self.text_head(self.text(ids, mask))[0]
+        return self.text_head(self._text(ids, mask, pooled_only))[0]
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 channel_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
-                negative_mask: torch.Tensor | None = None) -> AlignmentOutput:
+                negative_mask: torch.Tensor | None = None, embeddings_only: bool = False) -> AlignmentOutput:
         """``negative_ids``/``negative_mask`` [B, L]: hard-negative captions, embedded by the text tower
-        into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights)."""
-        vision = self.vision(images, channel_ids)
-        text = self.text(text_ids, text_mask)
+        into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights).
+        ``embeddings_only``: the caller reads the embeddings, extras and logit scale/bias only (a loss
+        on embeddings): towers whose head reads only the pooled feature compute just that (``tokens`` None)."""
+        vision = self._vision(images, channel_ids, embeddings_only)
+        text = self._text(text_ids, text_mask, embeddings_only)
         image_embeds, image_extras = self.image_head(vision)
         text_embeds, text_extras = self.text_head(text)
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
@@ -99,9 +109,20 @@ class DualEncoder(nn.Module):
             extras["class_logits"] = self.classifier(vision)
         negative_embeds = None
         if negative_ids is not None:
-            negative_embeds = self.text_head(self.text(negative_ids, negative_mask))[0]
+            negative_embeds = self.text_head(self._text(negative_ids, negative_mask, embeddings_only))[0]
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
                                extras, negative_embeds)
+
+    def _vision(self, images: torch.Tensor, channel_ids: torch.Tensor | None, pooled_only: bool) -> VisionFeatures:
+        if pooled_only and not self.image_head.reads_tokens:
+            return self.vision(images, channel_ids, pooled_only=True)
+        return self.vision(images, channel_ids)
+
+    def _text(self, ids: torch.Tensor, mask: torch.Tensor, pooled_only: bool) -> TextFeatures:
+        # A pretrained Hugging Face tower has no pooled-only path.
+        if pooled_only and not self.text_head.reads_tokens and isinstance(self.text, TextTransformer):
+            return self.text(ids, mask, pooled_only=True)
+        return self.text(ids, mask)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

@@ -21,12 +21,14 @@ from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
 from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
+from vlalign.train.acceleration import enable_grad_checkpointing
 
 TOKENIZER_FILE = "tokenizer.json"
 PARAMS_FILE = "parameters.json"  # total and trainable parameter counts (adapters and locked towers train fewer)
@@ -134,6 +136,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         load_matching_weights(model, cfg.model.init_from)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model)
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
