@@ -6,6 +6,7 @@ A dual-encoder run loads as an ``Aligner`` (embeddings); a generative run ("lm" 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +29,13 @@ ANSWER_TOKENS = 8  # shapes answers are one word; a little room for a wrong, lon
 
 @dataclass
 class Aligner:
-    """A loaded model. ``encode_image`` / ``encode_text`` take raw inputs and return unit-norm embeddings."""
+    """A loaded model. ``encode_image`` / ``encode_text`` take raw inputs and return unit-norm embeddings.
+
+    Inference runs under ``torch.inference_mode`` with pooled-only towers (the last block computes the
+    CLS / EOT token alone). Texts are encoded longest first in chunks of about ``max_tokens`` real
+    tokens, each chunk cut to its longest caption, so short captions do not pay for a long context;
+    the embeddings come back in the input order. ``compile()`` adds ``torch.compile``.
+    """
 
     model: DualEncoder
     tokenizer: TextTokenizer
@@ -37,14 +44,42 @@ class Aligner:
     run_dir: Path
     step: int
 
+    def __post_init__(self):
+        self._encode_image = functools.partial(self.model.encode_image, pooled_only=True)
+        self._encode_text = functools.partial(self.model.encode_text, pooled_only=True)
+
+    def compile(self) -> Aligner:
+        """Compile both encoders with ``torch.compile`` (inductor, weights frozen into the graph: CPU
+        inference gets pre-packed matmul weights). The first call of each new batch shape compiles
+        (minutes on a small CPU); use it for long-running services and bulk embedding."""
+        options = {"freezing": True}
+        self._encode_image = torch.compile(self._encode_image, options=options)
+        self._encode_text = torch.compile(self._encode_text, options=options)
+        return self
+
     @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-        """list of N strings -> [N, E]."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer(list(texts[i : i + batch_size]), self.config.data.context_length)
-            out.append(self.model.encode_text(ids, mask))
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+    def encode_text(self, texts: Sequence[str], batch_size: int = 512, max_tokens: int = 4096) -> torch.Tensor:
+        """list of N strings -> [N, E]; at most ``batch_size`` texts and about ``max_tokens`` tokens per chunk."""
+        if not len(texts):
+            return torch.empty(0, self.embed_dim)
+        ids, mask = self.tokenizer(list(texts), self.config.data.context_length)  # [N, L]
+        return self.encode_tokens(ids, mask, batch_size, max_tokens)
+
+    @torch.inference_mode()
+    def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 512,
+                      max_tokens: int = 4096) -> torch.Tensor:
+        """Right-padded token ids and mask [N, L] -> [N, E], longest first in length-cut chunks, in input order."""
+        order = mask.sum(1).argsort(descending=True, stable=True)  # longest first
+        out, start = None, 0
+        while start < len(order):
+            longest = max(int(mask[order[start]].sum()), 1)
+            rows = order[start : start + max(1, min(batch_size, max_tokens // longest))]
+            embeds = self._encode_text(ids[rows, :longest], mask[rows, :longest])  # [n, E]
+            if out is None:
+                out = embeds.new_empty(len(ids), embeds.shape[1])
+            out[rows.to(embeds.device)] = embeds
+            start += len(rows)
+        return out if out is not None else torch.empty(0, self.embed_dim)
 
     @torch.inference_mode()
     def encode_image(self, images: Sequence[np.ndarray] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -53,7 +88,7 @@ class Aligner:
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
-            out.append(self.model.encode_image(pixels))
+            out.append(self._encode_image(pixels))
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     @property
@@ -166,14 +201,23 @@ def _until_eos(ids: list[int], eos_id: int) -> list[int]:
 WEIGHTS = ("auto", "model", "ema")
 
 
-def load(run_dir: str | Path, checkpoint: str | Path | None = None,
-         weights: str = "auto") -> Aligner | VisualAssistant:
+def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str = "auto",
+         compile: bool = False) -> Aligner | VisualAssistant:
     """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
     exported Hugging Face-style directory).
 
     ``weights``: "auto" takes the moving average of the weights when the run trained one
     (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
-    average (an error if the checkpoint has none)."""
+    average (an error if the checkpoint has none). ``compile``: ``Aligner.compile()`` the encoders."""
+    loaded = _load(run_dir, checkpoint, weights)
+    if compile:
+        if not isinstance(loaded, Aligner):
+            raise VlalignError(f"compile=True applies to dual-encoder runs; {run_dir} holds a generative model.")
+        loaded.compile()
+    return loaded
+
+
+def _load(run_dir: str | Path, checkpoint: str | Path | None, weights: str) -> Aligner | VisualAssistant:
     from vlalign.export import is_hf_export, load_hf_export
 
     run_dir = Path(run_dir)

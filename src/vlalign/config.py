@@ -219,6 +219,9 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # AdamW kernel: "auto" (fused where torch has a fused kernel for every parameter, else foreach),
+    # "fused" (one kernel over all tensors), "foreach" (multi-tensor ops) or "for-loop" (one parameter at a time)
+    implementation: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -237,10 +240,15 @@ class TrainConfig:
     # Exponential moving average of the weights (MindVL-style averaging; 0 = off), saved with every
     # checkpoint as ema.safetensors and used by `vlalign.load` (and so by eval) when on.
     ema_decay: float = 0.0
-    # "fp32" | "nvfp4-sim": simulated NVFP4 training of the transformer blocks' linear layers (arXiv 2509.25149)
-    precision: str = "fp32"
+    # Matmul precision of forward and backward (autocast; weights, optimizer state and the loss stay fp32):
+    # "fp32" | "bf16" | "auto" (bf16 only where a short probe measures bf16 matmuls faster than fp32 on this
+    # device, cached per machine; CPUs without native bf16 run it many times slower, so they get fp32)
+    # | "nvfp4-sim": simulated NVFP4 training of the transformer blocks' linear layers (arXiv 2509.25149)
+    precision: str = "auto"
     nvfp4_keep_first: int = 1  # nvfp4-sim: the first N blocks of each tower stay in high precision
     nvfp4_keep_last: int = 1  # nvfp4-sim: the last N blocks of each tower stay in high precision
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile the model (inductor); the first steps pay the compilation (minutes on a CPU)
 
 
 @dataclass(kw_only=True)
@@ -289,10 +297,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
-    "train.precision": ("fp32", "nvfp4-sim"),
+    "train.precision": ("fp32", "bf16", "auto", "nvfp4-sim"),
     "eval.prompt_ensemble": ("auto", "mean", "max"),
     "model.fusion.kind": ("none", "fiber", "manager"),
     "model.fusion.itm_negatives": ("hard", "random"),
+    "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class CausalDecoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.width)
         self.embed_positions = nn.Embedding(cfg.context_length, cfg.width)
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.grad_checkpointing = False  # training without a KV cache: recompute each block in backward
         self.ln_final = nn.LayerNorm(cfg.width)
         # Tying is done by reading embed_tokens.weight in forward rather than sharing a Parameter
         # between two modules, so the state dict has no aliased tensors (safetensors refuses those).
@@ -193,7 +195,10 @@ class CausalDecoder(nn.Module):
         hidden_states = []
         for layer, block in enumerate(self.blocks):
             hidden_states.append(x)
-            x = block(x, attn_mask, kv_cache, layer)
+            if self.grad_checkpointing and self.training and kv_cache is None:
+                x = checkpoint(block, x, attn_mask, None, layer, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, kv_cache, layer)
         x = self.ln_final(x)
         hidden_states.append(x)
         if kv_cache is not None:

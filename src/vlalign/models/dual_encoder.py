@@ -43,6 +43,8 @@ class AlignmentOutput:
 class PooledProjection(nn.Module):
     """CLIP head: a bias-free linear map of the tower's pooled feature, L2-normalised."""
 
+    reads_tokens = False
+
     def __init__(self, width: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Linear(width, embed_dim, bias=False)
@@ -69,6 +71,8 @@ class TokenProjection(PooledProjection):
 class FDTHead(nn.Module):
     """FDT head (METHODS.md §2): ground the tower's tokens (patches without CLS; real text tokens) in the
     shared codebook; the embedding is the normalised sparse mixture of codes. Extras carry the code weights."""
+
+    reads_tokens = True
 
     def __init__(self, grounding: nn.Module):
         super().__init__()
@@ -103,9 +107,11 @@ class DualEncoder(nn.Module):
         # SigLIP (Zhai et al. 2023 §3): bias starts at -10 so that the many negatives start near p=0.
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings."""
-        return self.image_head(self.vision(images, channel_ids))[0]
+    def encode_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                     pooled_only: bool = False) -> torch.Tensor:
+        """[B, C, H, W] normalised pixels -> [B, E] unit-norm embeddings. ``pooled_only``: skip the work
+        whose result the head does not read (see ``VisionTransformer.forward``); the same embeddings."""
+        return self.image_head(self._vision(images, channel_ids, pooled_only))[0]
 
     def classify_image(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] normalised pixels -> [B, K] class logits (needs a model built with a classifier)."""
@@ -114,11 +120,13 @@ class DualEncoder(nn.Module):
         return self.classifier(self.vision(images, channel_ids))
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
-                    text_types: torch.Tensor | None = None) -> torch.Tensor:
+                    text_types: torch.Tensor | None = None, pooled_only: bool = False) -> torch.Tensor:
         """[B, L] token ids (0 = padding) -> [B, E] unit-norm embeddings. ``text_types`` [B] (see
-        ``vlalign.models.prefix``) only matters with a text prefix; None reads every text as a caption."""
+        ``vlalign.models.prefix``) only matters with a text prefix; None reads every text as a caption.
+        ``pooled_only``: as ``encode_image`` (the text tower then also drops the padding columns after the
+        longest caption: keep it off for tracing)."""
         mask = ids != 0 if mask is None else mask
-        return self.text_head(self.text_features(ids, mask, text_types))[0]
+        return self.text_head(self.text_features(ids, mask, text_types, pooled_only))[0]
 
     def image_token_embeds(self, images: torch.Tensor,
                            channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,17 +145,19 @@ class DualEncoder(nn.Module):
             raise ValueError("this model's heads embed pooled features only; build it with model.head=tokens")
         return extras["token_embeds"], extras["token_mask"]
 
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor,
-                      text_types: torch.Tensor | None = None) -> TextFeatures:
-        """The text tower's features, behind the prefix of each text's type (captions when None) if any."""
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor, text_types: torch.Tensor | None = None,
+                      pooled_only: bool = False) -> TextFeatures:
+        """The text tower's features, behind the prefix of each text's type (captions when None) if any;
+        ``pooled_only`` (no prefix): the pooled feature alone where the head reads nothing else."""
         if self.text_prefix is None:
-            return self.text(ids, mask)
+            return self._text(ids, mask, pooled_only)
         prefix = self.text_prefix.caption(ids.shape[0]) if text_types is None else self.text_prefix(text_types)
         return self.text(ids, mask, prefix)
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
                 channel_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
-                negative_mask: torch.Tensor | None = None, *, text_types: torch.Tensor | None = None,
+                negative_mask: torch.Tensor | None = None, embeddings_only: bool = False, *,
+                text_types: torch.Tensor | None = None,
                 prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                 extra_texts: dict[str, torch.Tensor] | None = None,
                 extra_images: dict[str, torch.Tensor] | None = None) -> AlignmentOutput:
@@ -156,9 +166,12 @@ class DualEncoder(nn.Module):
         ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``, ``extra_texts`` (name -> ids [B, ..., L])
         into ``extra_text_embeds`` and ``extra_images`` (name -> [B, C, H, W]) into ``extra_image_embeds``.
         ``text_types`` [B]: the type of each text (caption or label) for the text prefix; negatives,
-        prompts and extra texts read as captions."""
-        vision = self.vision(images, channel_ids)
-        text = self.text_features(text_ids, text_mask, text_types)
+        prompts and extra texts read as captions. ``embeddings_only``: the caller reads the embeddings, extras
+        and logit scale/bias only (a loss on embeddings): towers whose head reads only the pooled feature
+        compute just that (``tokens`` None); ignored with fusion layers, which read every token."""
+        fast = embeddings_only and self.cross_modal is None
+        vision = self._vision(images, channel_ids, fast)
+        text = self.text_features(text_ids, text_mask, text_types, fast)
         image_embeds, image_extras = self.image_head(vision)
         text_embeds, text_extras = self.text_head(text)
         extras = {f"image_{k}": v for k, v in image_extras.items()} | {f"text_{k}": v for k, v in text_extras.items()}
@@ -168,7 +181,7 @@ class DualEncoder(nn.Module):
             extras[name] = head(vision)[0]
         negative_embeds = prompt_embeds = None
         if negative_ids is not None:
-            negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask))[0]
+            negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask, None, fast))[0]
         if prompt_ids is not None:
             prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
         extra_text_embeds = {name: self._embed_texts(ids) for name, ids in (extra_texts or {}).items()}
@@ -188,6 +201,17 @@ class DualEncoder(nn.Module):
         embeds = self.text_head(self.text_features(flat[real], flat[real] != 0))[0]  # [n, E]
         out = embeds.new_zeros(flat.shape[0], embeds.shape[-1]).index_put((real.nonzero()[:, 0],), embeds)
         return out.view(*ids.shape[:-1], -1)
+
+    def _vision(self, images: torch.Tensor, channel_ids: torch.Tensor | None, pooled_only: bool) -> VisionFeatures:
+        if pooled_only and not self.image_head.reads_tokens:
+            return self.vision(images, channel_ids, pooled_only=True)
+        return self.vision(images, channel_ids)
+
+    def _text(self, ids: torch.Tensor, mask: torch.Tensor, pooled_only: bool) -> TextFeatures:
+        # A pretrained Hugging Face tower has no pooled-only path.
+        if pooled_only and not self.text_head.reads_tokens and isinstance(self.text, TextTransformer):
+            return self.text(ids, mask, pooled_only=True)
+        return self.text(ids, mask)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters exempt from weight decay: norms, biases, embeddings, positions, scales."""

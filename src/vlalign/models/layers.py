@@ -19,7 +19,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; with ``rows`` [B] (one query position per sample) -> [B, 1, D]."""
+        if rows is not None:
+            return self._one_query(x, rows, attn_mask, is_causal)
         return self.attend(x, attn_mask, is_causal)[0]
 
     def attend(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -30,6 +34,25 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(B, T, D)), k
+
+    def _one_query(self, x: torch.Tensor, rows: torch.Tensor, attn_mask: torch.Tensor | None,
+                   is_causal: bool) -> torch.Tensor:
+        """Attention output at position ``rows[b]`` of each sample only: keys and values of every position,
+        the query of one (the same numbers as row ``rows[b]`` of the full output). ``qkv`` runs whole, so
+        that an adapter wrapped around it (LoRA) applies as usual."""
+        B, T, D = x.shape
+        batch = torch.arange(B, device=x.device)
+        qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)
+        q = qkv[batch, rows, 0].unsqueeze(2)  # [B, H, 1, hd]
+        k, v = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # 2 x [B, H, T, hd]
+        mask = None  # [B, 1, 1, T]: the query's row of the full mask
+        if attn_mask is not None:
+            mask = attn_mask.expand(B, -1, T, T)[batch, :, rows].unsqueeze(2)
+        if is_causal:
+            causal = (torch.arange(T, device=x.device) <= rows[:, None])[:, None, None, :]
+            mask = causal if mask is None else mask & causal
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, 1, hd]
+        return self.proj(out.transpose(1, 2).reshape(B, 1, D))
 
 
 class MLP(nn.Module):
@@ -58,9 +81,15 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
                 cross: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """``merge`` (optional) maps (x [B, T, D], keys [B, heads, T, D/heads]) to fewer tokens between the
-        attention and the MLP, where ToMe merges (Bolya et al. 2023, §3; see ``token_merging.py``)."""
+        attention and the MLP, where ToMe merges (Bolya et al. 2023, §3; see ``token_merging.py``). With
+        ``rows`` [B], only position ``rows[b]`` of each sample is computed -> [B, 1, D] (no cross/merge)."""
+        if rows is not None:
+            picked = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)  # [B, 1, D]
+            picked = picked + self.attn(self.ln_1(x), attn_mask, is_causal, rows)
+            return picked + self.mlp(self.ln_2(picked))
         h, keys = self.attn.attend(self.ln_1(x), attn_mask, is_causal)
         x = x + h
         if cross is not None:
@@ -79,14 +108,21 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+        last_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, T, D] -> ([B, T, D], per-block outputs). ``last_rows`` [B]: the caller reads only position
+        ``last_rows[b]`` of the output (a CLS or EOS token), so the last block computes that row alone:
+        its keys and values still come from every position, but the query, output projection and MLP
+        run for one token (2/3 of the block's FLOPs saved). The output is then [B, 1, D]."""
         intermediates = []
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            rows = last_rows if i == last else None
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, is_causal, rows=rows, use_reentrant=False)
             else:
-                x = block(x, attn_mask, is_causal)
+                x = block(x, attn_mask, is_causal, rows=rows)
             intermediates.append(x)
         return x, intermediates
 

@@ -13,9 +13,9 @@ from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
 @dataclass
 class TextFeatures:
     pooled: torch.Tensor  # [B, D]
-    tokens: torch.Tensor  # [B, L, D] after the final norm
+    tokens: torch.Tensor | None  # [B, L, D] after the final norm; None if pooled_only
     mask: torch.Tensor  # [B, L] bool, True = real token
-    intermediates: list[torch.Tensor]  # per block [B, L, D]
+    intermediates: list[torch.Tensor]  # per block [B, L, D] (the last [B, 1, D] if pooled_only)
 
 
 class TextTransformer(nn.Module):
@@ -40,7 +40,14 @@ class TextTransformer(nn.Module):
         init_weights(self)
         nn.init.trunc_normal_(self.pos, std=0.01)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor | None = None) -> TextFeatures:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor | None = None,
+                pooled_only: bool = False) -> TextFeatures:
+        """ids, mask [B, L] (right-padded); ``prefix`` [B, P, D] learned vectors before the text (prefix
+        conditioning). ``pooled_only``: the caller needs ``pooled`` alone; with EOT pooling and no prefix the
+        padding columns after the longest caption are dropped and the last block runs for the EOT token only
+        (causal attention: the same pooled feature, fewer FLOPs) and ``tokens`` is None."""
+        if pooled_only and self.pool == "eot" and prefix is None:
+            return self._pooled_eot(ids, mask)
         B, L = ids.shape
         x = self.token_embedding(ids)  # [B, L, D]
         P = 0
@@ -68,3 +75,13 @@ class TextTransformer(nn.Module):
             return x[torch.arange(x.shape[0], device=x.device), last]
         m = mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+    def _pooled_eot(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+        # Under causal attention a real token never sees the padding after it, so the columns past the
+        # longest caption change nothing: drop them (captions are usually well shorter than the context).
+        longest = max(int(mask.sum(1).max()), 1)
+        ids, short_mask = ids[:, :longest], mask[:, :longest]
+        x = self.token_embedding(ids) + self.pos[:, :longest]  # [B, L, D]
+        last = short_mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token
+        x, intermediates = self.transformer(x, padding_attn_mask(short_mask, causal=True), last_rows=last)
+        return TextFeatures(pooled=self.ln_final(x[:, 0]), tokens=None, mask=mask, intermediates=intermediates)

@@ -26,9 +26,9 @@ class PatchTokens:
 @dataclass
 class VisionFeatures:
     pooled: torch.Tensor  # [B, D] CLS (or mean) after the final norm
-    tokens: torch.Tensor  # [B, T, D] patch tokens after the final norm (CLS excluded)
+    tokens: torch.Tensor | None  # [B, T, D] patch tokens after the final norm (CLS excluded); None if pooled_only
     mask: torch.Tensor | None  # [B, T] bool for the patch tokens, None when all are real
-    intermediates: list[torch.Tensor]  # per block [B, 1+T, D], before the final norm
+    intermediates: list[torch.Tensor]  # per block [B, 1+T, D], before the final norm (the last [B, 1, D] if pooled_only)
     token_sizes: torch.Tensor | None = None  # [B, T] patches each token stands for after token merging (None: 1)
 
 
@@ -83,8 +83,11 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
-    def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None) -> VisionFeatures:
-        """images [B, C, H, W]; channel_ids [B, C] original channel of each column (None: 0..C-1)."""
+    def forward(self, images: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                pooled_only: bool = False) -> VisionFeatures:
+        """images [B, C, H, W]; channel_ids [B, C] original channel of each column (None: 0..C-1).
+        ``pooled_only``: the caller needs ``pooled`` alone; with CLS pooling the last block then runs for
+        the CLS token only (the same pooled feature, fewer FLOPs) and ``tokens`` is None."""
         if self.channel_sampler is not None:
             if channel_ids is None:
                 channel_ids = torch.arange(images.shape[1], device=images.device).expand(images.shape[0], -1)
@@ -97,6 +100,10 @@ class VisionTransformer(nn.Module):
         if patches.mask is not None:
             full = torch.cat([patches.mask.new_ones(B, 1), patches.mask], dim=1)
             attn_mask = padding_attn_mask(full)
+        if pooled_only and self.pool == "cls" and self.token_merging is None:
+            x, intermediates = self.transformer(x, attn_mask, last_rows=x.new_zeros(B, dtype=torch.long))
+            return VisionFeatures(pooled=self.ln_post(x[:, 0]), tokens=None, mask=patches.mask,
+                                  intermediates=intermediates)
         sizes = None
         if self.token_merging is None:
             x, intermediates = self.transformer(x, attn_mask)

@@ -37,9 +37,13 @@ def register(name: str, embeddings_only: bool = False):
 
 
 def build_objective(cfg: ObjectiveConfig) -> Objective:
+    """The objective for ``cfg.name``; its ``embeddings_only`` attribute says whether it reads only the
+    embeddings and logit scale/bias (then the model may skip the token features no head reads)."""
     if cfg.name not in OBJECTIVES:
         raise ConfigError(f"Unknown objective.name '{cfg.name}'. Known: {', '.join(sorted(OBJECTIVES))}.")
-    return OBJECTIVES[cfg.name](cfg)
+    objective = OBJECTIVES[cfg.name](cfg)
+    objective.embeddings_only = cfg.name in EMBEDDING_OBJECTIVES
+    return objective
 
 
 def _negatives(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -4,8 +4,8 @@ Throughput fields of every record: ``pairs_per_s`` (global), ``data_wait_fractio
 waiting for the loader), ``flops_per_s`` (model FLOPs of forward + backward, counted once per run
 with ``FlopCounterMode`` on one sample; GradCache's extra forward is not counted, as MFU is
 usually reported), ``flops_fraction_of_peak`` (against a matmul peak measured once per machine
-and cached in ``~/.cache/vlalign/peak.json``) and ``peak_memory_mib`` (max RSS on CPU, max
-allocated on CUDA).
+and cached in ``~/.cache/vlalign/peak.json``, beside the other hardware probes) and
+``peak_memory_mib`` (max RSS on CPU, max allocated on CUDA).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,9 +66,9 @@ class Throughput:
     def reset(self) -> None:
         self.start, self.pairs, self.data_wait = time.perf_counter(), 0, 0.0
 
-    def measure_model(self, model: nn.Module, batch: dict) -> None:
+    def measure_model(self, model: nn.Module, batch: dict, forward_kwargs: dict | None = None) -> None:
         """Count FLOPs per sample once (all ranks together: sharded models gather inside forward)."""
-        self.flops_per_sample = count_flops_per_sample(model, batch)
+        self.flops_per_sample = count_flops_per_sample(model, batch, forward_kwargs)
         self.peak = matmul_peak_flops(next(model.parameters()).device.type) * self.world
 
     def record(self) -> dict[str, float]:
@@ -80,20 +81,25 @@ class Throughput:
         return out
 
 
-def count_flops_per_sample(model: nn.Module, batch: dict) -> float:
-    """FLOPs of one forward + backward of one sample (dense ops, as counted by ``FlopCounterMode``)."""
+def count_flops_per_sample(model: nn.Module, batch: dict, forward_kwargs: dict | None = None) -> float:
+    """FLOPs of one forward + backward of one sample (dense ops, as counted by ``FlopCounterMode``), with
+    the forward options the training step uses (``step.forward_kwargs``): the FLOPs actually computed."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    # Two samples, divided by two: fusion layers (model.fusion) pair each sample with a negative from the batch.
-    few = {k: v[:2] for k, v in batch.items() if torch.is_tensor(v)}
+    # Two samples, divided by two: fusion layers (model.fusion) pair each sample with a negative from the batch;
+    # the sample with the longest caption first (a pooled-only text tower runs the batch at that length).
+    order = batch["text_mask"].sum(1).argsort(descending=True) if "text_mask" in batch else torch.arange(2)
+    few = {k: v[order[:2]] for k, v in batch.items() if torch.is_tensor(v)}
     samples = few["text_ids"].shape[0]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     # fork_rng: random layers must not draw here, or a resumed run's RNG stream would shift.
-    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+    # force_eager: a compiled model counts its eager ops (and compiles nothing for these few samples).
+    with torch.random.fork_rng(devices=devices), torch.compiler.set_stance("force_eager"), \
+            FlopCounterMode(display=False) as counter:
         negatives = (few["negative_ids"], few["negative_mask"]) if "negative_ids" in few else ()
         options = {name: few[name] for name in OPTIONAL_INPUTS if name in few}
         out = model(few.get("images"), few["text_ids"], few["text_mask"], few.get("channel_ids"), *negatives,
-                    **options)
+                    **options, **(forward_kwargs or {}))
         outputs = [getattr(out, f.name) for f in dataclasses.fields(out)]
         if getattr(out, "fusion", None) is not None:  # the fused pairs' logits carry the fusion layers' backward
             outputs += [out.fusion.match_logits, out.fusion.mlm_logits]
@@ -112,9 +118,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLALIGN_CACHE_DIR") or Path.home() / ".cache" / "vlalign")
 
 
-def machine_key(device: str = "cpu") -> str:
+def machine_key(device: str = "cpu", probe: str = "fp32") -> str:
+    """The cache key of a measurement ``probe`` on this machine's ``device`` (CPU model and thread count)."""
     name = torch.cuda.get_device_name() if device == "cuda" else f"{_cpu_model()}|threads={torch.get_num_threads()}"
-    return f"{name}|torch={torch.__version__}|fp32"
+    return f"{name}|torch={torch.__version__}|{probe}"
 
 
 def _cpu_model() -> str:
@@ -127,16 +134,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_peak_flops(device: str = "cpu") -> float:
-    """fp32 matmul FLOP/s of ``device`` (at this thread count on CPU): probed once, then read from the cache."""
+def cached_probe(key: str, measure: Callable[[], float]) -> float:
+    """``measure()`` once per ``key``, then the value kept in ``peak.json`` of the cache directory."""
     path = cache_dir() / "peak.json"
-    key = machine_key(device)
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = probe_matmul_peak(device)
+        cache[key] = measure()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -145,6 +151,11 @@ def matmul_peak_flops(device: str = "cpu") -> float:
         except OSError:  # a read-only home: measure again next time
             pass
     return cache[key]
+
+
+def matmul_peak_flops(device: str = "cpu") -> float:
+    """fp32 matmul FLOP/s of ``device`` (at this thread count on CPU): probed once, then read from the cache."""
+    return cached_probe(machine_key(device), lambda: probe_matmul_peak(device))
 
 
 def probe_matmul_peak(device: str = "cpu", repeats: int = 10) -> float:

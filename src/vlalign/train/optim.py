@@ -9,6 +9,8 @@ from torch import nn
 
 from vlalign.config import OptimConfig
 
+FUSED_DEVICES = ("cpu", "cuda")
+
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """Two groups: decayed weight matrices; undecayed norms, biases, embeddings, positions and scales."""
@@ -18,7 +20,32 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         if param.requires_grad:
             (no_decay if name in exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             **implementation_flags(cfg.implementation, decay + no_decay))
+
+
+def implementation_flags(name: str, params: list[torch.Tensor]) -> dict[str, bool]:
+    """AdamW's ``fused`` / ``foreach`` arguments for ``optim.implementation``. All three compute the same
+    update; fused reads and writes each tensor once (measured ~3x faster than the for-loop on a 2-core CPU,
+    ``benchmarks/results/vs_open_clip.md``), foreach batches the element-wise ops over tensors."""
+    if name == "auto":
+        name = "fused" if fused_supported(params) else "foreach"
+    return {"fused": {"fused": True, "foreach": False}, "foreach": {"fused": False, "foreach": True},
+            "for-loop": {"fused": False, "foreach": False}}[name]
+
+
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """torch has fused AdamW kernels for floating-point CPU and CUDA tensors; sharded (FSDP2 DTensor)
+    parameters take the foreach path."""
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() and not hasattr(p, "full_tensor")
+               for p in params)
+
+
+def set_implementation(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Re-apply ``optim.implementation`` after ``load_state_dict``, which restores the flags that were saved."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group in optimizer.param_groups:
+        group.update(implementation_flags(name, params))
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -34,6 +34,7 @@ from vlalign.models.text_cache import cached_text_embeddings
 from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
+from vlalign.train.acceleration import enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         freeze(model, cfg)
     if cfg.train.precision == "nvfp4-sim":
         simulate_nvfp4(model, cfg)
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model)
     transform = image_transform(cfg, source)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)

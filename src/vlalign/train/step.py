@@ -19,6 +19,7 @@ from vlalign.config import RunConfig
 from vlalign.errors import NonFiniteError, OutOfMemory
 from vlalign.models.dual_encoder import AlignmentOutput
 from vlalign.train.optim import clip_gradients, global_norm, lr_at, set_lr
+from vlalign.train.precision import autocast, outputs_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,28 @@ def model_inputs(batch: dict) -> tuple[tuple, dict]:
     return inputs, {name: batch[name] for name in OPTIONAL_INPUTS if name in batch}
 
 
-def forward_backward(model: nn.Module, objective, batch: dict, accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
-    """Loss of the whole (local) batch, with its gradients accumulated into ``.grad``."""
+def forward_kwargs(objective) -> dict:
+    """Keyword arguments of the model's forward for ``objective``: a loss on embeddings lets the dual
+    encoder compute only what its heads read (``DualEncoder.forward(embeddings_only=True)``)."""
+    return {"embeddings_only": True} if getattr(objective, "embeddings_only", False) else {}
+
+
+def forward_backward(model: nn.Module, objective, batch: dict, accum_steps: int = 1,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+    """Loss of the whole (local) batch, with its gradients accumulated into ``.grad``. ``dtype``: the
+    forward's autocast precision (``vlalign.train.precision``); the loss is always computed in fp32."""
     if accum_steps == 1:
         args, kwargs = model_inputs(batch)
-        loss, metrics = objective(model(*args, **kwargs), batch)
+        with autocast(dtype, _device(model)):
+            out = model(*args, **kwargs, **forward_kwargs(objective))
+        loss, metrics = objective(outputs_in_fp32(out), batch)
         loss.backward()
         return loss.detach(), metrics
-    return grad_cache(model, objective, batch, accum_steps)
+    return grad_cache(model, objective, batch, accum_steps, dtype)
 
 
-def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tuple[torch.Tensor, dict]:
+def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
     """Gradient accumulation that stays exact for batch-level losses (GradCache: Gao et al. 2021,
     "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup", §3.2).
 
@@ -74,12 +86,14 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
     sampling, dropout) see the same draws both times.
     """
     micro = split_batch(batch, accum_steps)
+    device = _device(model)
     rng_states, images, texts, negatives = [], [], [], []
     with torch.no_grad():
         for part in micro:
             rng_states.append(_rng_snapshot())
             args, kwargs = model_inputs(part)
-            out = model(*args, **kwargs)
+            with autocast(dtype, device):
+                out = outputs_in_fp32(model(*args, **kwargs, **forward_kwargs(objective)))
             images.append(out.image_embeds)
             texts.append(out.text_embeds)
             negatives.append(out.negative_embeds)
@@ -97,7 +111,8 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
                                                         text.grad.split(sizes), negative_grads):
         _rng_restore(state)
         args, kwargs = model_inputs(part)
-        out = model(*args, **kwargs)
+        with autocast(dtype, device):
+            out = model(*args, **kwargs, **forward_kwargs(objective))
         outputs, grads = [out.image_embeds, out.text_embeds], [g_image, g_text]
         if g_negative is not None:
             outputs.append(out.negative_embeds)
@@ -105,6 +120,10 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int) -> tu
         torch.autograd.backward(outputs, grads)
     _rng_restore(after_first_pass)
     return loss.detach(), metrics
+
+
+def _device(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
 
 
 def split_batch(batch: dict, parts: int) -> list[dict]:
@@ -133,13 +152,14 @@ def _rng_restore(state: tuple) -> None:
 
 
 def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, batch: dict, state: TrainState,
-               cfg: RunConfig, strategy) -> dict[str, float] | None:
-    """One step; returns its metrics, or None when a non-finite step was skipped (policy "skip")."""
+               cfg: RunConfig, strategy, dtype: torch.dtype = torch.float32) -> dict[str, float] | None:
+    """One step; returns its metrics, or None when a non-finite step was skipped (policy "skip").
+    ``dtype``: the forward's precision, ``train.precision`` resolved for this device."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     batch = batch | {"step": state.step}  # objectives that schedule a term read it (a resumed run restores it)
     try:
-        loss, metrics = forward_backward(model, objective, batch, cfg.train.accum_steps)
+        loss, metrics = forward_backward(model, objective, batch, cfg.train.accum_steps, dtype)
     except torch.OutOfMemoryError as err:
         optimizer.zero_grad(set_to_none=True)
         raise out_of_memory(state, cfg, batch) from err

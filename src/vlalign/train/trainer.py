@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from vlalign import dist
@@ -28,13 +29,15 @@ from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
+from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.metrics import MetricsLog, Throughput
-from vlalign.train.optim import build_optimizer
+from vlalign.train.optim import build_optimizer, set_implementation
+from vlalign.train.precision import resolve_precision
 from vlalign.train.resume import check_resumable, restore, save
 from vlalign.train.setup import build_components, resolve_threads, seed_everything
-from vlalign.train.step import TrainState, batch_size, train_step
+from vlalign.train.step import TrainState, batch_size, forward_kwargs, train_step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,13 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     state = TrainState()
     if resume_from is not None:
         state = restore(resume_from, model, optimizer, loader, strategy, ema)
+        set_implementation(optimizer, cfg.optim.implementation)
         log.info("resuming from %s", resume_from)
+    # nvfp4-sim quantises inside the linear layers themselves; the rest of the step stays fp32.
+    dtype = (torch.float32 if cfg.train.precision == "nvfp4-sim"
+             else resolve_precision(cfg.train.precision, next(model.parameters()).device.type))
+    if cfg.train.compile:
+        compile_model(model)
     metrics = MetricsLog(run_dir / "metrics.jsonl", dist.is_main())
     metrics.truncate(state.step)
     if state.step >= cfg.train.steps:
@@ -85,9 +94,9 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
             batch = next(batches)
             throughput.data_wait += time.perf_counter() - t0
             if not throughput.flops_per_sample:
-                throughput.measure_model(model, batch)
+                throughput.measure_model(model, batch, forward_kwargs(objective))
                 throughput.reset()
-            step_metrics = train_step(model, objective, optimizer, batch, state, cfg, strategy)
+            step_metrics = train_step(model, objective, optimizer, batch, state, cfg, strategy, dtype)
             stopping = dist.all_reduce_max(float(stop_requested())) > 0
             if step_metrics is not None and ema is not None:
                 ema.update(model, state.step)

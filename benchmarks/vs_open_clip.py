@@ -1,0 +1,727 @@
+"""vlalign against open_clip, side by side on this machine, alternating: training step, inference,
+end-to-end from WebDataset shards, and precision chosen by measurement.
+
+    python benchmarks/vs_open_clip.py --setup        # create (or verify) the open_clip venv; minutes, ~6 GB
+    python benchmarks/vs_open_clip.py                # run everything (re-runs itself inside the venv)
+    python benchmarks/vs_open_clip.py --only step --rounds 5 --steps 3
+
+open_clip needs torchvision, so it lives in its own virtual environment (``--venv``, default
+/work/.venvs/openclip; never committed, never installed by CI) with torch 2.14.1 and torchvision
+0.29.1. Both sides run in that venv, on that same torch, in one process: vlalign from ``src/``.
+open_clip's model is built from its own config API (a custom model config registered with
+``open_clip.add_model_config``) and trained with its own ``open_clip_train`` functions (the
+training loop ``train_one_epoch`` and the WebDataset pipeline ``get_wds_dataset``).
+
+The model is PERF.md's config "A": image 64, patch 8, width 256, 6 layers (head width 64); text
+context 32, width 256, 4 heads, 4 layers, vocabulary 49408; embedding 256; batch 128; 2 threads.
+The machine is shared: arms alternate within every round (the order flips each round), only the
+per-round ratios count, and the load average is recorded. Writes benchmarks/results/vs_open_clip.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_VENV = Path(os.environ.get("VLALIGN_OPENCLIP_VENV", "/work/.venvs/openclip"))
+# torch and torchvision first, alone: pip then takes the builds that lie on this machine's disk.
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+OPEN_CLIP_PIN = "open_clip_torch==3.3.0"
+# open_clip_train.data imports pandas (the wheel does not require it), and its shard reader expects the
+# sample dicts of webdataset 0.2 (1.x renamed their keys: KeyError 'fname'); vlalign accepts 0.2.86 too.
+OPEN_CLIP_TRAIN_DEPS = ["pandas", "webdataset==0.2.86"]
+VLALIGN_DEPS = ["numpy", "pillow", "safetensors", "tokenizers", "pyyaml", "tqdm", "matplotlib", "braceexpand",
+                "tifffile", "fonttools"]
+
+IMAGE, PATCH, CONTEXT, VOCAB, EMBED, BATCH, THREADS = 64, 8, 32, 49408, 256, 128, 2
+MODEL_NAME = "vlbench-A"
+OPEN_CLIP_CONFIG = {
+    "embed_dim": EMBED,
+    "vision_cfg": {"image_size": IMAGE, "patch_size": PATCH, "width": 256, "layers": 6, "head_width": 64},
+    "text_cfg": {"context_length": CONTEXT, "vocab_size": VOCAB, "width": 256, "heads": 4, "layers": 4},
+}
+TARGETS = {"train_step": 1.2, "inference": 1.5, "end_to_end": 2.0, "time_to_target": 3.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# the venv
+
+
+def setup(venv: Path) -> None:
+    """Create the venv if it is missing, install what is missing, and print what is there."""
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    if not _imports(python, "torchvision"):
+        subprocess.run([*pip, *TORCH_PINS], check=True)
+    if not _imports(python, "open_clip_train"):
+        subprocess.run([*pip, OPEN_CLIP_PIN], check=True)
+    subprocess.run([*pip, *OPEN_CLIP_TRAIN_DEPS, *VLALIGN_DEPS], check=True)
+    probe = "import torch, torchvision, open_clip; print(torch.__version__, torchvision.__version__, open_clip.__version__)"
+    versions = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    print(f"{venv}: torch {versions[0]}, torchvision {versions[1]}, open_clip {versions[2]}")
+
+
+def _imports(python: Path, module: str) -> bool:
+    return subprocess.run([str(python), "-c", f"import {module}"], check=False, capture_output=True).returncode == 0
+
+
+def reexec_in_venv(venv: Path) -> None:
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        sys.exit(f"No venv at {venv}: run `python {Path(__file__).name} --setup` first (or pass --venv).")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    os.execve(str(python), [str(python), __file__, *sys.argv[1:]], env)
+
+
+# ---------------------------------------------------------------------------------------------
+# both models, one batch
+
+
+def open_clip_model(work: Path):
+    """open_clip's CLIP for config "A", built by its factory from a registered custom config."""
+    import open_clip
+
+    (work / "configs").mkdir(parents=True, exist_ok=True)
+    (work / "configs" / f"{MODEL_NAME}.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
+    open_clip.add_model_config(work / "configs")
+    model, preprocess_train, _ = open_clip.create_model_and_transforms(MODEL_NAME, precision="fp32", output_dict=True)
+    return model, preprocess_train, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def vlalign_config(vocab: int = VOCAB):
+    from vlalign.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.vision.size, cfg.model.text.size, cfg.model.embed_dim = "vit-small-cpu", "text-small-cpu", EMBED
+    cfg.model.vision.patch_size, cfg.model.text.vocab_size = PATCH, vocab
+    cfg.data.image_size, cfg.data.context_length, cfg.data.batch_size = IMAGE, CONTEXT, BATCH
+    cfg.train.threads, cfg.train.deterministic = THREADS, False
+    return cfg
+
+
+def vlalign_model(cfg, vocab: int = VOCAB):
+    from vlalign.models import build_model
+
+    return build_model(cfg.model, IMAGE, vocab, CONTEXT)
+
+
+def shapes_captions(n: int) -> list[str]:
+    from vlalign.data.specs import build_source
+
+    return list(build_source(f"shapes:n={n},seed=0").captions())[:n]
+
+
+def step_batch(tokenizer) -> tuple:
+    """One batch both sides train on: random pixels, shapes captions through open_clip's tokenizer (its
+    EOT id is the largest, as its argmax pooling needs; vlalign pools the last real token: the same one)."""
+    import torch
+
+    ids = tokenizer(shapes_captions(BATCH))  # [B, 32]
+    images = torch.randn(BATCH, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
+    return images, ids
+
+
+def flops_per_sample(model, forward) -> float:
+    """Forward + backward FLOPs of one sample (FlopCounterMode: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        forward(model).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------
+# arms: each a callable that runs one unit of work and returns the pairs (or items) it processed
+
+
+class OpenClipTrainer:
+    """open_clip's own training step: ``open_clip_train.train.train_one_epoch`` over a one-batch epoch,
+    with its optimizer recipe (AdamW, no decay on gains and biases) and cosine schedule."""
+
+    def __init__(self, model, batches, args):
+        import torch
+        from open_clip import ClipLoss
+        from open_clip_train.scheduler import cosine_lr
+
+        self.model, self.args, self.epoch = model, args, 0
+        self.data = {"train": batches}
+        self.loss = ClipLoss()
+        named = list(model.named_parameters())
+        exempt = [p for n, p in named if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n]
+        rest = [p for n, p in named if not any(p is q for q in exempt)]
+        self.optimizer = torch.optim.AdamW([{"params": exempt, "weight_decay": 0.0},
+                                            {"params": rest, "weight_decay": args.wd}],
+                                           lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+        self.scheduler = cosine_lr(self.optimizer, args.lr, args.warmup, 10_000)
+
+    def __call__(self) -> int:
+        from open_clip_train.train import train_one_epoch
+
+        train_one_epoch(self.model, self.data, self.loss, self.epoch, self.optimizer, None, self.scheduler, None,
+                        self.args)
+        self.epoch += 1
+        return self.data["train"].dataloader.num_samples
+
+
+class FixedBatches:
+    """What ``train_one_epoch`` iterates (``DataInfo.dataloader``): the same batch ``n`` times."""
+
+    def __init__(self, batch: tuple, n: int = 1):
+        self.batch, self.num_batches, self.num_samples = batch, n, n * len(batch[0])
+
+    def __iter__(self):
+        return iter([self.batch] * self.num_batches)
+
+
+def open_clip_args(extra: list[str] | None = None):
+    """open_clip_train's own argument defaults (its CLI parser), for one CPU process."""
+    from open_clip_train.distributed import init_distributed_device
+    from open_clip_train.params import parse_args
+
+    args = parse_args(["--model", MODEL_NAME, "--precision", "fp32", "--batch-size", str(BATCH),
+                       "--warmup", "100", "--log-every-n-steps", "1000", *(extra or [])])
+    args.device, args.distill, args.wandb = "cpu", False, False
+    init_distributed_device(args)
+    return args
+
+
+class VlalignTrainer:
+    """vlalign's own training step (``vlalign.train.step.train_step``): its optimizer (AdamW, fused
+    kernel by default), the embeddings-only forward, gradient clipping and the non-finite guard."""
+
+    def __init__(self, model, batch: dict, cfg, dtype):
+        from vlalign.objectives import build_objective
+        from vlalign.train.distributed import Replicate
+        from vlalign.train.optim import build_optimizer
+        from vlalign.train.step import TrainState
+
+        self.model, self.batch, self.cfg, self.dtype = model, batch, cfg, dtype
+        self.objective = build_objective(cfg.objective)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.state, self.strategy = TrainState(), Replicate()
+        self.losses = []
+
+    def __call__(self) -> int:
+        from vlalign.train.step import train_step
+
+        record = train_step(self.model, self.objective, self.optimizer, self.batch, self.state, self.cfg,
+                            self.strategy, self.dtype)
+        self.losses.append(record["loss"])
+        return BATCH
+
+
+def alternate(arms: dict, rounds: int, units: int, warmup: int = 1) -> dict:
+    """Every round times ``units`` units of every arm, interleaved unit by unit (A B, then B A, ...), so
+    that a change in the machine's load hits every arm alike. Returns per arm the per-round median
+    rate (items/s), and the load average at the start of each round."""
+    for fn in arms.values():
+        for _ in range(warmup):
+            fn()
+    names = list(arms)
+    rates = {name: [] for name in names}
+    loads = []
+    for r in range(rounds):
+        loads.append(os.getloadavg()[0])
+        per_unit = {name: [] for name in names}
+        for u in range(units):
+            for name in (names if (r * units + u) % 2 == 0 else names[::-1]):
+                t0 = time.perf_counter()
+                items = arms[name]()
+                per_unit[name].append(items / (time.perf_counter() - t0))
+        for name in names:
+            rates[name].append(statistics.median(per_unit[name]))
+            print(f"  round {r + 1}/{rounds} {name:<22} {rates[name][-1]:8.1f}/s (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    return {"rates": rates, "load_average_1min": loads}
+
+
+def summarize(result: dict, baseline: str) -> dict:
+    """Median rate per arm, and per arm the ratio to ``baseline`` within each round (and its median)."""
+    rates = result["rates"]
+    out = {"median_rate": {k: statistics.median(v) for k, v in rates.items()}, "rounds": rates,
+           "load_average_1min": result["load_average_1min"], "ratio_per_round": {}, "median_ratio": {}}
+    for name, values in rates.items():
+        if name != baseline:
+            ratios = [a / b for a, b in zip(values, rates[baseline])]
+            out["ratio_per_round"][name] = ratios
+            out["median_ratio"][name] = statistics.median(ratios)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def train_step_section(work: Path, rounds: int, steps: int, with_compile: bool) -> dict:
+    import torch
+    from open_clip_train.data import DataInfo
+
+    from vlalign.train.precision import resolve_precision
+
+    oc_model, _, oc_tokenizer = open_clip_model(work)
+    images, ids = step_batch(oc_tokenizer)
+    cfg = vlalign_config()
+    torch.manual_seed(0)
+    vl_model = vlalign_model(cfg)
+    batch = {"images": images, "text_ids": ids, "text_mask": ids != 0, "channel_ids": None}
+    dtype = resolve_precision(cfg.train.precision)
+
+    def oc_forward(model):
+        out = model(images[:1], ids[:1])
+        return out["image_features"].sum() + out["text_features"].sum()
+
+    def vl_forward(model, **kwargs):
+        out = model(images[:1], ids[:1], ids[:1] != 0, **kwargs)
+        return out.image_embeds.sum() + out.text_embeds.sum()
+
+    longest = int((ids != 0).sum(1).argmax())
+    flops = {"open_clip": flops_per_sample(oc_model, oc_forward),
+             "vlalign (full model)": flops_per_sample(vl_model, vl_forward),
+             "vlalign (executed)": flops_per_sample(vl_model, lambda m: _vl_longest(m, images, ids, longest))}
+    params = {"open_clip": sum(p.numel() for p in oc_model.parameters()),
+              "vlalign": sum(p.numel() for p in vl_model.parameters())}
+    arms = {"open_clip": OpenClipTrainer(oc_model, DataInfo(dataloader=FixedBatches((images, ids))), open_clip_args()),
+            "vlalign": VlalignTrainer(vl_model, batch, cfg, dtype)}
+    compile_check = None
+    if with_compile:
+        from vlalign.train.acceleration import compile_model
+
+        torch.manual_seed(0)
+        compiled = compile_model(vlalign_model(cfg))
+        compile_check = compiled_loss_check(cfg, compiled, batch)
+        arms["vlalign compiled"] = VlalignTrainer(compiled, batch, cfg, dtype)
+    print(f"training step: batch {BATCH}, {rounds} rounds x {steps} steps per arm", flush=True)
+    result = summarize(alternate(arms, rounds, steps), "open_clip")
+    peak = _matmul_peak()
+    result |= {"flops_per_sample": flops, "parameters": params, "matmul_peak_flops": peak,
+               "fraction_of_peak": {"open_clip": result["median_rate"]["open_clip"] * flops["open_clip"] / peak,
+                                    "vlalign": result["median_rate"]["vlalign"] * flops["vlalign (full model)"] / peak},
+               "vlalign_precision": str(dtype).removeprefix("torch."), "compile_check": compile_check}
+    return result
+
+
+def _vl_longest(model, images, ids, i):
+    out = model(images[i : i + 1], ids[i : i + 1], ids[i : i + 1] != 0, embeddings_only=True)
+    return out.image_embeds.sum() + out.text_embeds.sum()
+
+
+def compiled_loss_check(cfg, compiled, batch: dict) -> dict:
+    """Loss and gradient norm of one forward/backward, eager and inductor-compiled, from the same weights."""
+    import torch
+
+    from vlalign.objectives import build_objective
+    from vlalign.train.step import forward_backward
+
+    objective = build_objective(cfg.objective)
+    torch.manual_seed(0)
+    eager = vlalign_model(cfg)
+    t0 = time.perf_counter()
+    results = []
+    for model in (eager, compiled):
+        loss, _ = forward_backward(model, objective, batch)
+        norm = torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm().item()
+        model.zero_grad(set_to_none=True)
+        results.append((loss.item(), norm))
+    return {"eager_loss": results[0][0], "compiled_loss": results[1][0], "eager_grad_norm": results[0][1],
+            "compiled_grad_norm": results[1][1], "first_compiled_step_s": time.perf_counter() - t0}
+
+
+def inference_section(work: Path, rounds: int, repeats: int, with_compile: bool) -> dict:
+    import torch
+
+    from vlalign.api import Aligner
+    from vlalign.data.tokenizer import train_tokenizer
+    from vlalign.data.transforms import ImageTransform
+
+    oc_model, _, oc_tokenizer = open_clip_model(work)
+    oc_model.eval()
+    cfg = vlalign_config()
+    torch.manual_seed(0)
+    captions = shapes_captions(2 * BATCH)
+    vl_tokenizer = train_tokenizer(shapes_captions(5000), cfg.model.text.vocab_size)
+    aligner = Aligner(vlalign_model(cfg).eval(), vl_tokenizer, ImageTransform(IMAGE, 3), cfg, run_dir=None, step=0)
+    pixels = torch.randn(2 * BATCH, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
+    ids = oc_tokenizer(captions)
+    mask = ids != 0
+    n = len(captions)
+
+    def oc_image():
+        with torch.inference_mode():
+            oc_model.encode_image(pixels, normalize=True)
+        return n
+
+    def oc_text_ids():
+        with torch.inference_mode():
+            oc_model.encode_text(ids, normalize=True)
+        return n
+
+    def oc_text_strings():
+        with torch.inference_mode():
+            oc_model.encode_text(oc_tokenizer(captions), normalize=True)
+        return n
+
+    sections = {
+        "encode_image": ({"open_clip": oc_image, "vlalign": lambda: len(aligner.encode_image(pixels))}, {}),
+        "encode_text (token ids)": ({"open_clip": oc_text_ids, "vlalign": lambda: len(aligner.encode_tokens(ids, mask))},
+                                    {}),
+        "encode_text (strings, own tokenizer)": ({"open_clip": oc_text_strings,
+                                                  "vlalign": lambda: len(aligner.encode_text(captions))}, {}),
+    }
+    compile_s = None
+    if with_compile:
+        compiled = Aligner(aligner.model, vl_tokenizer, aligner.transform, cfg, run_dir=None, step=0).compile()
+        t0 = time.perf_counter()
+        compiled.encode_image(pixels)
+        compiled.encode_tokens(ids, mask)
+        compile_s = time.perf_counter() - t0
+        sections["encode_image"][0]["vlalign compiled"] = lambda: len(compiled.encode_image(pixels))
+        sections["encode_text (token ids)"][0]["vlalign compiled"] = lambda: len(compiled.encode_tokens(ids, mask))
+    out = {"batch": n, "first_compiled_calls_s": compile_s}
+    for name, (arms, _) in sections.items():
+        print(f"{name}: batch {n}, {rounds} rounds x {repeats}", flush=True)
+        out[name] = summarize(alternate(arms, rounds, repeats), "open_clip")
+    return out
+
+
+def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, oc_workers: int) -> dict:
+    """Both pipelines on the same JPEG shards: open_clip's ``get_wds_dataset`` (decode, RandomResizedCrop,
+    tokenize in DataLoader workers) into ``train_one_epoch``; vlalign's loader over its pre-decoded cache
+    (built once from the shards, timed separately) into its step. One epoch of ``samples`` per round."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from data_throughput import write_shards
+    from open_clip_train.data import get_data
+
+    from vlalign.config import apply_overrides
+    from vlalign.train.precision import resolve_precision
+    from vlalign.train.setup import build_components
+
+    spec = write_shards(work / "shards", samples, source_size, per_shard=BATCH)
+    shards = spec.removeprefix("wds:")
+    steps = samples // BATCH
+
+    oc_model, preprocess_train, oc_tokenizer = open_clip_model(work)
+    args = open_clip_args(["--train-data", shards, "--train-num-samples", str(samples), "--dataset-type",
+                           "webdataset", "--workers", str(oc_workers)])
+    data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=oc_tokenizer)
+    oc_trainer = OpenClipTrainer(oc_model, data["train"], args)
+
+    cfg = apply_overrides(vlalign_config(), [f"data.train={spec}", f"data.cache_dir={work / 'cache'}",
+                                             f"train.steps={steps}", "model.text.vocab_size=1024"])
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    parts = build_components(cfg, work / "vlalign-run")  # indexes the shards, trains the tokenizer, builds the cache
+    setup_s = time.perf_counter() - t0
+    dtype = resolve_precision(cfg.train.precision)
+    vl_trainer = VlalignTrainer(parts.model, None, cfg, dtype)
+    data_only = pipeline_rates(data["train"], parts.loader, steps)
+    batches = iter(parts.loader)
+
+    def vl_epoch() -> int:
+        for _ in range(steps):
+            vl_trainer.batch = next(batches)
+            vl_trainer()
+        return steps * BATCH
+
+    print(f"end to end: {samples} JPEG {source_size}px samples ({steps} steps) per round, {rounds} rounds", flush=True)
+    result = summarize(alternate({"open_clip": oc_trainer, "vlalign": vl_epoch}, rounds, 1, warmup=0), "open_clip")
+    cache_rate = samples / (samples / result["median_rate"]["vlalign"] + setup_s)
+    return result | {"samples_per_round": samples, "source_size": source_size, "open_clip_workers": oc_workers,
+                     "vlalign_setup_s_including_cache_build": setup_s,
+                     "vlalign_first_epoch_rate_including_setup": cache_rate,
+                     "first_epoch_ratio_including_setup": cache_rate / result["median_rate"]["open_clip"],
+                     "data_only_samples_per_s": data_only}
+
+
+def pipeline_rates(oc_data, vl_loader, steps: int) -> dict:
+    """Samples/s of each data pipeline alone (no training): decode/augment/tokenize vs cache reads."""
+    out = {}
+    t0 = time.perf_counter()
+    seen = 0
+    for images, _ in oc_data.dataloader:
+        seen += len(images)
+    out["open_clip"] = seen / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    batches = iter(vl_loader)
+    for _ in range(steps):
+        next(batches)
+    out["vlalign"] = steps * BATCH / (time.perf_counter() - t0)
+    return out
+
+
+def precision_section(work: Path) -> dict:
+    """What each side's precision choice costs here: a bf16 GEMM probe, and one forward+backward of a
+    small batch in fp32 and under bf16 autocast (open_clip's ``amp_bf16``; its default ``amp`` is fp16)."""
+    import torch
+    from open_clip_train.precision import get_autocast
+
+    from vlalign.train.precision import bf16_speedup, probe_bf16_speedup, resolve_precision
+
+    oc_model, _, oc_tokenizer = open_clip_model(work)
+    images, ids = step_batch(oc_tokenizer)
+    small = 8
+    torch.manual_seed(0)
+    vl_model = vlalign_model(vlalign_config())
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn().backward()
+        return time.perf_counter() - t0
+
+    def oc_loss():
+        out = oc_model(images[:small], ids[:small])
+        return out["image_features"].float().sum() + out["text_features"].float().sum()
+
+    def vl_loss():
+        out = vl_model(images[:small], ids[:small], ids[:small] != 0, embeddings_only=True)
+        return out.image_embeds.float().sum() + out.text_embeds.float().sum()
+
+    out = {"bf16_gemm_speedup_probe": probe_bf16_speedup("cpu"), "bf16_speedup_cached": bf16_speedup("cpu"),
+           "vlalign_auto_choice": str(resolve_precision("auto")).removeprefix("torch."), "batch": small}
+    timed(oc_loss), timed(vl_loss)  # warm-up
+    for name, (fn, autocast) in {"open_clip": (oc_loss, get_autocast("amp_bf16", "cpu")),
+                                 "open_clip default amp (fp16)": (oc_loss, get_autocast("amp", "cpu")),
+                                 "vlalign": (vl_loss, lambda: torch.autocast("cpu", dtype=torch.bfloat16))}.items():
+        fp32 = timed(fn)
+        with autocast():
+            reduced = timed(fn)
+        out[name] = {"fp32_s": fp32, "autocast_s": reduced, "slowdown": reduced / fp32}
+        print(f"  {name}: fp32 {fp32:.2f} s, autocast {reduced:.2f} s (x{reduced / fp32:.1f})", flush=True)
+    return out
+
+
+def optimizer_section(rounds: int, repeats: int) -> dict:
+    """``optimizer.step()`` of config "A"'s 20.75 M parameters (random gradients) per AdamW kernel:
+    the for-loop (torch's CPU default, what open_clip gets), foreach, and fused (vlalign's default)."""
+    import torch
+
+    from vlalign.config import OptimConfig
+    from vlalign.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = vlalign_model(vlalign_config())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    arms = {}
+    for name in ("for-loop", "foreach", "fused"):
+        optimizer = build_optimizer(model, OptimConfig(implementation=name))
+        arms[name] = lambda optimizer=optimizer: (optimizer.step(), 1)[1]
+    print(f"AdamW kernels: {rounds} rounds x {repeats} steps", flush=True)
+    return summarize(alternate(arms, rounds, repeats), "for-loop")
+
+
+def _matmul_peak() -> float:
+    from vlalign.train.metrics import probe_matmul_peak
+
+    return probe_matmul_peak("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def verdicts(results: dict) -> dict:
+    out = {}
+    if "train_step" in results:
+        out["train_step"] = results["train_step"]["median_ratio"]["vlalign"]
+    if "inference" in results:
+        inf = results["inference"]
+        out["inference_image"] = max(inf["encode_image"]["median_ratio"].values())
+        out["inference_text"] = max(inf["encode_text (token ids)"]["median_ratio"].values())
+    if "end_to_end" in results:
+        out["end_to_end"] = results["end_to_end"]["median_ratio"]["vlalign"]
+    targets = {"train_step": TARGETS["train_step"], "inference_image": TARGETS["inference"],
+               "inference_text": TARGETS["inference"], "end_to_end": TARGETS["end_to_end"]}
+    return {k: {"ratio": v, "target": targets[k], "met": v >= targets[k]} for k, v in out.items()}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    context = (f"Machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, open_clip {m['open_clip']}. Load "
+               f"average (1 min) {m['load_average_start']:.1f} at the start, {m['load_average_end']:.1f} at the end: "
+               "a shared, busy machine, so absolute rates are low and noisy; the ratios come from alternating arms "
+               "within each round.")
+    lines = ["# vlalign vs open_clip, side by side (config \"A\", batch 128, 2 threads)", "", context, "",
+             ("Written by `benchmarks/vs_open_clip.py` (run it with `--setup` first); every number is in "
+             "`vs_open_clip.json`."), "",
+             "| what | open_clip | vlalign | ratio (median of per-round ratios) | target | met |",
+             "|---|---|---|---|---|---|"]
+    if "train_step" in results:
+        r = results["train_step"]
+        for arm in r["median_ratio"]:
+            lines.append(_row("training step, pairs/s" + ("" if arm == "vlalign" else f" ({arm})"), r, arm,
+                              TARGETS["train_step"]))
+    if "inference" in results:
+        for key in ("encode_image", "encode_text (token ids)", "encode_text (strings, own tokenizer)"):
+            r = results["inference"][key]
+            for arm in r["median_ratio"]:
+                lines.append(_row(f"{key}, items/s" + ("" if arm == "vlalign" else f" ({arm})"), r, arm,
+                                  TARGETS["inference"]))
+    if "end_to_end" in results:
+        lines.append(_row("end to end from JPEG shards, pairs/s", results["end_to_end"], "vlalign",
+                          TARGETS["end_to_end"]))
+    lines += ["| time to a target zero-shot accuracy | not measured | not measured | - | 3x | not measured |", ""]
+    lines += _details(results)
+    return "\n".join(lines) + "\n"
+
+
+def _details(results: dict) -> list[str]:
+    out = []
+    if "train_step" in results:
+        r = results["train_step"]
+        f = r["flops_per_sample"]
+        out += ["## Training step", "",
+                (f"Parameters: open_clip {r['parameters']['open_clip'] / 1e6:.2f} M, vlalign "
+                f"{r['parameters']['vlalign'] / 1e6:.2f} M (open_clip has a LayerNorm before the vision blocks). "
+                f"FLOPs per sample, forward + backward: open_clip {f['open_clip'] / 1e9:.2f} G, vlalign's model "
+                f"{f['vlalign (full model)'] / 1e9:.2f} G, of which vlalign executes "
+                f"{f['vlalign (executed)'] / 1e9:.2f} G for the longest caption of the batch: a loss on embeddings "
+                "reads only the CLS and EOT tokens, so the last block of each tower runs for that token alone and "
+                "the text batch is cut after its longest caption (the same embeddings and gradients; "
+                "`tests/test_acceleration.py`). The optimizer is AdamW on both sides: open_clip's for-loop "
+                "kernel (torch's CPU default), vlalign's fused one."),
+                (f"Achieved (full-model FLOPs x pairs/s against the measured {r['matmul_peak_flops'] / 1e9:.0f} "
+                f"GFLOP/s fp32 matmul peak): open_clip {r['fraction_of_peak']['open_clip']:.0%}, vlalign "
+                f"{r['fraction_of_peak']['vlalign']:.0%} (the peak itself was probed on the busy machine)."), ""]
+        if r.get("compile_check"):
+            c = r["compile_check"]
+            out += [(f"torch.compile (inductor): loss {c['compiled_loss']:.6f} vs eager {c['eager_loss']:.6f}, "
+                    f"gradient norm {c['compiled_grad_norm']:.6f} vs {c['eager_grad_norm']:.6f}; the first "
+                    f"compiled step took {c['first_compiled_step_s']:.0f} s."), ""]
+    if "inference" in results:
+        r = results["inference"]
+        out += ["## Inference", "",
+                f"Batch {r['batch']} shapes captions / random 64x64 images, `torch.inference_mode` on both sides. "
+                "vlalign's `Aligner` runs pooled-only towers and encodes texts longest first in chunks cut to "
+                "their longest caption (results in input order); \"token ids\" feeds both the same open_clip ids, "
+                "\"strings\" includes each side's own tokenizer."
+                + (f" Compiling (first calls): {r['first_compiled_calls_s']:.0f} s." if r.get("first_compiled_calls_s")
+                   else ""), ""]
+    if "end_to_end" in results:
+        r = results["end_to_end"]
+        d = r["data_only_samples_per_s"]
+        out += ["## End to end from shards", "",
+                (f"{r['samples_per_round']} JPEG images ({r['source_size']} px, photo-like noise) with captions in "
+                f"WebDataset shards. open_clip: `open_clip_train.data.get_wds_dataset` ({r['open_clip_workers']} "
+                "DataLoader worker(s): decode, RandomResizedCrop, tokenize) into `train_one_epoch`. vlalign: its "
+                "loader over the pre-decoded cache (`data.cache_dir`) into its step, with its own BPE vocabulary "
+                "(1024) instead of 49408 rows, and no augmentation (its default)."),
+                (f"vlalign's one-time setup (index the shards, train the tokenizer, decode every image once into "
+                f"the cache): {r['vlalign_setup_s_including_cache_build']:.1f} s; counting it in the first epoch, "
+                f"vlalign runs {r['first_epoch_ratio_including_setup']:.2f}x open_clip. Data pipelines alone: "
+                f"open_clip {d['open_clip']:.0f} samples/s, vlalign {d['vlalign']:.0f} samples/s."), ""]
+    if "optimizer" in results:
+        r = results["optimizer"]
+        rates = ", ".join(f"{k} {1000 / v:.0f} ms" for k, v in r["median_rate"].items())
+        out += ["## AdamW kernels", "",
+                (f"One `optimizer.step()` over config \"A\"'s parameters (median): {rates}; fused runs "
+                f"{r['median_ratio']['fused']:.1f}x the for-loop's speed, foreach {r['median_ratio']['foreach']:.1f}x. "
+                "`optim.implementation=auto` takes fused for plain CPU/CUDA tensors, foreach for FSDP2-sharded ones."),
+                ""]
+    if "precision" in results:
+        p = results["precision"]
+        out += ["## Precision", "",
+                (f"bf16 GEMM probe (`vlalign.train.precision`): bf16 runs at {p['bf16_gemm_speedup_probe']:.2f}x "
+                f"the speed of fp32 here, so `train.precision=auto` picks {p['vlalign_auto_choice']}. One forward + "
+                f"backward of {p['batch']} pairs under autocast, against fp32:")]
+        for name in ("open_clip", "open_clip default amp (fp16)", "vlalign"):
+            out.append(f"- {name}: {p[name]['slowdown']:.1f}x slower")
+        out.append("")
+    return out
+
+
+def _row(label: str, r: dict, arm: str, target: float) -> str:
+    ratio = r["median_ratio"][arm]
+    return (f"| {label} | {r['median_rate']['open_clip']:.1f} | {r['median_rate'][arm]:.1f} | {ratio:.2f}x "
+            f"({', '.join(f'{x:.2f}' for x in r['ratio_per_round'][arm])}) | {target}x | "
+            f"{'yes' if ratio >= target else 'no'} |")
+
+
+def machine(start_load: float) -> dict:
+    import open_clip
+    import torch
+
+    from vlalign.train.metrics import _cpu_model
+
+    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "load_average_start": start_load, "load_average_end": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", action="store_true", help="create or verify the open_clip venv, then stop")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--only", nargs="*", default=["precision", "optimizer", "step", "inference", "e2e"],
+                        choices=["precision", "optimizer", "step", "inference", "e2e"])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per section")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per arm per round")
+    parser.add_argument("--repeats", type=int, default=3, help="timed inference calls per arm per round")
+    parser.add_argument("--e2e-rounds", type=int, default=2)
+    parser.add_argument("--e2e-samples", type=int, default=1024, help="samples per end-to-end round")
+    parser.add_argument("--source-size", type=int, default=160, help="stored JPEG side in pixels")
+    parser.add_argument("--oc-workers", type=int, default=1, help="open_clip DataLoader workers (>= 1 on 2 cores)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd vlalign arms (minutes to compile)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    if args.setup:
+        setup(args.venv)
+        return
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        reexec_in_venv(args.venv)
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(THREADS)
+    start_load = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="vs-open-clip-", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    sections = {
+        "precision": ("precision", lambda: precision_section(work)),
+        "optimizer": ("optimizer", lambda: optimizer_section(args.rounds, 3 * args.repeats)),
+        "step": ("train_step", lambda: train_step_section(work, args.rounds, args.steps, args.compile)),
+        "inference": ("inference", lambda: inference_section(work, args.rounds, args.repeats, args.compile)),
+        "e2e": ("end_to_end", lambda: end_to_end_section(work, args.e2e_rounds, args.e2e_samples, args.source_size,
+                                                          args.oc_workers)),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for option, (key, run) in sections.items():
+        if option in args.only:
+            print(key, flush=True)
+            results = save({key: run() | {"settings": settings}}, args.out, start_load)
+    print(markdown(results))
+
+
+def save(new: dict, out: Path, start_load: float) -> dict:
+    """Merge ``new`` sections into the results on disk (a partial run keeps the other sections), write the
+    JSON and the Markdown report, and return everything."""
+    path = out / "vs_open_clip.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results |= {"config_A": OPEN_CLIP_CONFIG, "batch": BATCH, "threads": THREADS} | new
+    results["machine"] = machine(start_load)
+    results["verdicts"] = verdicts(results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    (out / "vs_open_clip.md").write_text(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
