@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlalign.train.step import OPTIONAL_INPUTS
 
 PEAK_PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
 
@@ -85,6 +84,8 @@ def count_flops_per_sample(model: nn.Module, batch: dict, forward_kwargs: dict |
     """FLOPs of one forward + backward of one sample (dense ops, as counted by ``FlopCounterMode``), with
     the forward options the training step uses (``step.forward_kwargs``): the FLOPs actually computed."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from vlalign.train.step import OPTIONAL_INPUTS  # here: step -> precision -> metrics imports at load time
 
     # Two samples, divided by two: fusion layers (model.fusion) pair each sample with a negative from the batch;
     # the sample with the longest caption first (a pooled-only text tower runs the batch at that length).
