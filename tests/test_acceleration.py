@@ -23,8 +23,15 @@ from vlalign.train.metrics import count_flops_per_sample, machine_key
 from vlalign.train.optim import build_optimizer, implementation_flags, set_implementation
 from vlalign.train.precision import outputs_in_fp32, resolve_precision
 from vlalign.train.setup import build_components
-from vlalign.train.step import forward_backward
-from vlalign.train.step import model_inputs as model_inputs_of
+from vlalign.train.step import forward_backward, model_inputs
+
+
+def model_inputs_of(batch: dict) -> tuple:
+    """The positional inputs of the forward (these batches have no optional keyword inputs)."""
+    args, kwargs = model_inputs(batch)
+    assert not kwargs
+    return args
+
 
 CLIP = build_objective(ObjectiveConfig(name="clip"))
 
