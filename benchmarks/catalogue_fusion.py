@@ -3,8 +3,9 @@ negatives, ITM re-ranking), UNITER's objectives (image-conditioned MLM, ITM, wor
 optimal transport) and ManagerTower (layer managers against the last layer only), each against the plain
 CLIP baseline at the budget of ``catalogue_objectives.py``. Writes benchmarks/results/catalogue_fusion.{md,json}.
 
-    nice -n 10 python benchmarks/catalogue_fusion.py                     # ~8 min on 2 busy CPU cores
-    nice -n 10 python benchmarks/catalogue_fusion.py --steps 50 --arms clip fiber
+    nice -n 10 python benchmarks/catalogue_fusion.py                     # ~9 min on 2 quiet CPU cores
+    nice -n 10 python benchmarks/catalogue_fusion.py --append --arms fiber-open fiber-init   # ablations, ~4 min
+    nice -n 10 python benchmarks/catalogue_fusion.py --append --arms fiber --steps 1000      # a longer run
 
 Every arm shares catalogue_objectives.BASE (vit-micro/8 at 48 px, text-micro, batch 64, lr schedule).
 Zero-shot and retrieval read the unimodal contrastive embeddings in every arm (fusion arms train them
@@ -36,6 +37,7 @@ from vlalign.recipes import get_recipe
 from vlalign.train import run_training
 
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_STEPS = 250
 FUSION = ("objective.name=fusion",)
 
 
@@ -46,6 +48,7 @@ class Arm:
     claim: str  # what the paper reports
     baseline: str = "clip"  # the row this one is read against
     focus: tuple[str, ...] = ("t2i_R@1", "i2t_R@1", "t2i_R@1_itm", "i2t_R@1_itm")
+    from_clip: bool = False  # start from the clip arm's weights (needs that run in the work directory)
 
 
 ARMS = (
@@ -62,6 +65,10 @@ ARMS = (
         "Ablation of FIBER's identity start: gates open from the first step (tanh(α) = 0.76 instead of 0), so ITM "
         "and re-ranking need not wait for the gates to open.", baseline="fiber",
         focus=("t2i_R@1", "i2t_R@1", "t2i_R@1_itm", "i2t_R@1_itm", "train_itm_accuracy")),
+    Arm("fiber-init", ("model.fusion.kind=fiber", "model.fusion.num_layers=1", *FUSION),
+        "FIBER as the paper trains it: from pre-trained unimodal towers (here the clip arm's, 250 steps), "
+        "then ITC + ITM with fusion.", baseline="fiber", from_clip=True,
+        focus=("t2i_R@1", "i2t_R@1", "t2i_R@1_itm", "i2t_R@1_itm", "train_itm_accuracy")),
     Arm("uniter", ("model.fusion.kind=fiber", "model.fusion.num_layers=1", "model.fusion.mlm_probability=0.15",
                    "objective.wra_weight=0.1", *FUSION),
         "UNITER (Chen et al. 2020): MLM conditioned on the full image, ITM and word-region alignment by optimal "
@@ -77,7 +84,7 @@ ARMS = (
         "The last-layer-only ablation of ManagerTower (a METER-style cross-modal layer on the top unimodal layer).",
         focus=("t2i_R@1", "i2t_R@1")),
 )
-DEFAULT_ARMS = ("clip", "fiber", "uniter", "manager", "manager-last")  # fiber-random on request (--arms): ~8 min
+DEFAULT_ARMS = ("clip", "fiber", "uniter", "manager", "manager-last")  # the ablations on request (--arms)
 METRICS = ("zeroshot", "compositional", "i2t_R@1", "t2i_R@1", "rsum", "i2t_R@1_itm", "t2i_R@1_itm", "rsum_itm",
            "mlm_true", "mlm_shuffled")
 
@@ -118,6 +125,8 @@ def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
     out = work / arm.name
     overrides = [*BASE, *arm.overrides, f"train.steps={steps}", f"train.checkpoint_every={steps}",
                  f"eval.zeroshot_n={eval_n}", f"eval.retrieval_n={eval_n}"]
+    if arm.from_clip:
+        overrides.append(f"model.init_from=[{work / 'clip'}]")
     cfg = apply_overrides(get_recipe("shapes-clip"), overrides)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume of an earlier one
     start = time.perf_counter()
@@ -138,41 +147,46 @@ def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
     return row
 
 
-def small_scale(arm: Arm, row: dict, rows: dict[str, dict]) -> str:
-    """One line: this row's focus metrics against its baseline's (one seed)."""
+def label(row: dict) -> str:
+    return row["arm"] if row["steps"] == DEFAULT_STEPS else f"{row['arm']} ({row['steps']} steps)"
+
+
+def small_scale(arm: Arm, row: dict, rows: list[dict]) -> str:
+    """One line: this row's focus metrics against its baseline's at the same steps (one seed)."""
     parts = []
-    if arm.baseline and arm.baseline in rows:
-        base = rows[arm.baseline]
+    base = next((r for r in rows if r["arm"] == arm.baseline and r["steps"] == row["steps"]), None)
+    if base is not None:
         parts = [f"{k} {row[k]:.3f} vs {base[k]:.3f} ({row[k] - base[k]:+.3f})" for k in arm.focus
                  if k in row and k in base]
     text = f"vs {arm.baseline}: " + ", ".join(parts) if parts else "reference row"
     if "i2t_R@1_itm" in row:
         gain = (row["i2t_R@1_itm"] + row["t2i_R@1_itm"] - row["i2t_R@1"] - row["t2i_R@1"]) / 2
-        text += f"; ITM re-ranking vs its own ITC ranking: mean R@1 {gain:+.3f}"
+        text += (f"; ITM re-ranking vs its own ITC ranking: mean R@1 {gain:+.3f}; final train ITM accuracy "
+                 f"{row['train_itm_accuracy']:.3f} (2/3 = always 'no match')")
     if "mlm_true" in row:
         text += f"; MLM accuracy {row['mlm_true']:.3f} with the true image vs {row['mlm_shuffled']:.3f} shuffled"
     return text
 
 
-def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
-    by_name = {r["arm"]: r for r in rows}
+def write(rows: list[dict], runs: list[dict], eval_n: int) -> None:
+    arms = {a.name: a for a in ARMS}
+    commands = "; ".join(f"`{r['command']}` ({r['wall_seconds'] / 60:.1f} min)" for r in runs)
     lines = [
         "# Catalogue fusion (issue 11: FIBER, UNITER, ManagerTower) vs CLIP on the shapes world",
         "",
-        (f"Command: `nice -n 10 python benchmarks/catalogue_fusion.py --steps {args.steps} --eval-n {args.eval_n}` "
-         f"(torch {torch.__version__}, {platform.machine()}, 1 thread per run, one seed; total {wall / 60:.1f} min on "
-         "a shared 2-core machine, so seconds are indicative only)."),
+        (f"Commands: {commands} (torch {torch.__version__}, {platform.machine()}, 1 thread per run, one seed, on a "
+         "shared 2-core machine under load from other jobs, so seconds are indicative only)."),
         "",
-        (f"Budget per arm: {args.steps} steps of 64 pairs, vit-micro/8 at 48 px + text-micro (2 blocks each), lr 1e-3 "
-         f"cosine, caption data `{TRAIN}`: the budget of `catalogue_objectives.md`. Fusion arms add their losses to "
-         "the same InfoNCE (ITC) term. FIBER fuses the top block of each tower (of 2); ManagerTower adds one "
-         "cross-modal layer whose managers mix both unimodal layers (`manager`) or take the top one only "
-         "(`manager-last`). Metrics: `zeroshot` / `compositional` = top-1 over the 56 \"colour shape\" classes on "
-         "seen / held-out combinations (contrastive embeddings); retrieval R@1 and rsum (R@1+5+10, both directions) "
-         f"on {args.eval_n} held-out multi-object captions from the contrastive embeddings, and `*_itm` the same "
-         "after the ITM head re-ranks the contrastive top 16; `mlm true / shuffled` = masked-word accuracy on the "
-         "held-out captions read with their own image / another image. One seed: differences below ~0.02 are "
-         "within seed noise."),
+        (f"Budget per arm: {DEFAULT_STEPS} steps (unless the row says otherwise) of 64 pairs, vit-micro/8 at 48 px + "
+         f"text-micro (2 blocks each), lr 1e-3 cosine, caption data `{TRAIN}`: the budget of "
+         "`catalogue_objectives.md`. Fusion arms add their losses to the same InfoNCE (ITC) term. FIBER fuses the top "
+         "block of each tower (of 2); ManagerTower adds one cross-modal layer whose managers mix both unimodal layers "
+         "(`manager`) or take the top one only (`manager-last`). Metrics: `zeroshot` / `compositional` = top-1 over "
+         "the 56 \"colour shape\" classes on seen / held-out combinations (contrastive embeddings); retrieval R@1 and "
+         f"rsum (R@1+5+10, both directions) on {eval_n} held-out multi-object captions from the contrastive "
+         "embeddings, and `*_itm` the same after the ITM head re-ranks the contrastive top 16; `mlm true / shuffled` "
+         "= masked-word accuracy on the held-out captions read with their own image / another image. One seed: "
+         "differences below ~0.02 are within seed noise."),
         "",
         ("Read with care: 250 steps of micro towers is early training. The fusion arms also cost more per step "
          "(3 fused pairs per sample for ITM, one more text pass for MLM), so `train s` is part of the comparison."),
@@ -182,37 +196,54 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
     ]
     for r in rows:
         cells = [f"{r[k]:.3f}" if k in r else "–" for k in METRICS]
-        lines.append(f"| {r['arm']} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
         arm = arms[r["arm"]]
-        lines.append(f"| {arm.name} | {arm.claim} | {small_scale(arm, r, by_name)} |")
+        lines.append(f"| {label(r)} | {arm.claim} | {small_scale(arm, r, rows)} |")
     states = [r for r in rows if "gates" in r or "manager_weights" in r]
     if states:
         lines += ["", ("After training: FIBER's gates tanh(α) per direction and layer; ManagerTower's softmax weights "
                        "over the managed unimodal layers (lower layer first) per cross-modal layer."), ""]
-        lines += [f"- {r['arm']}: `{json.dumps(r.get('gates') or r.get('manager_weights'))}`" for r in states]
+        lines += [f"- {label(r)}: `{json.dumps(r.get('gates') or r.get('manager_weights'))}`" for r in states]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_fusion.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_fusion.json").write_text(json.dumps(
-        {"steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "wall_seconds": round(wall),
-         "arms": {a.name: list(a.overrides) for a in arms.values()}, "rows": rows}, indent=1))
+        {"eval_n": eval_n, "base_overrides": BASE, "runs": runs,
+         "arms": {a.name: list(a.overrides) for a in ARMS}, "rows": rows}, indent=1))
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of both, a new row replacing an old one of the same arm and steps; in ARMS order, then steps."""
+    fresh = {(r["arm"], r["steps"]) for r in new}
+    order = [a.name for a in ARMS]
+    rows = [r for r in old if (r["arm"], r["steps"]) not in fresh] + new
+    return sorted(rows, key=lambda r: (r["steps"] != DEFAULT_STEPS, r["steps"], order.index(r["arm"])))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--eval-n", type=int, default=500, help="held-out images per eval task")
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=[a.name for a in ARMS])
+    parser.add_argument("--append", action="store_true", help="keep the rows of the existing results file")
     parser.add_argument("--work", default="benchmarks/.work/catalogue_fusion")
     args = parser.parse_args()
-    arms = {a.name: a for a in ARMS if a.name in args.arms}
+    arms = [a for a in ARMS if a.name in args.arms]
     work = Path(args.work)
+    if any(a.from_clip for a in arms) and not (work / "clip").is_dir() and "clip" not in args.arms:
+        parser.error(f"fiber-init starts from the clip arm's run in {work}: include clip in --arms")
+    old = {"rows": [], "runs": []}
+    if args.append and (RESULTS / "catalogue_fusion.json").is_file():
+        old = json.loads((RESULTS / "catalogue_fusion.json").read_text())
     start, rows = time.perf_counter(), []
-    for arm in arms.values():
+    for arm in arms:
         rows.append(run_arm(arm, args.steps, work, args.eval_n))
         print(json.dumps(rows[-1]), flush=True)
-    write(rows, arms, args, time.perf_counter() - start)
+    command = ("nice -n 10 python benchmarks/catalogue_fusion.py" + (" --append" if args.append else "")
+               + f" --steps {args.steps} --arms {' '.join(a.name for a in arms)}")
+    runs = [*old["runs"], {"command": command, "wall_seconds": round(time.perf_counter() - start)}]
+    write(merge(old["rows"], rows), runs, args.eval_n)
 
 
 if __name__ == "__main__":

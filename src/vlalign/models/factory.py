@@ -98,8 +98,7 @@ def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[n
     return PooledProjection(vision_width, cfg.embed_dim), PooledProjection(text_width, cfg.embed_dim)
 
 
-def build_cross_modal(cfg: ModelConfig, vision: VisionTransformer, text: TextTransformer,
-                      vocab_size: int) -> CrossModal | None:
+def build_cross_modal(cfg: ModelConfig, vocab_size: int) -> CrossModal | None:
     """``model.fusion``: FIBER's gated fusion in the towers or ManagerTower's layers, with the ITM (and MLM) heads."""
     f = cfg.fusion
     if f.kind == "none":
@@ -138,7 +137,7 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
     classifier = LinearClassifier(vision.width, cfg.num_classes) if cfg.num_classes > 0 else None
     prefix = DatasetPrefix(cfg.text.prefix_tokens, text.width) if cfg.text.prefix_tokens else None
     model = DualEncoder(vision, text, image_head, text_head, cfg.init_temperature, classifier, prefix,
-                        build_cross_modal(cfg, vision, text, vocab_size), build_image_heads(cfg, vision.width))
+                        build_cross_modal(cfg, vocab_size), build_image_heads(cfg, vision.width))
     if cfg.text.locked:
         text.requires_grad_(False)
     if cfg.text.lock_projection:  # LanguageBind: the whole text space is fixed, the new modality moves into it
