@@ -60,6 +60,8 @@ class TokenProjection(PooledProjection):
     ``token_embeds`` [B, T, E] and ``token_mask`` [B, T] bool (True = real token; all real for patches).
     Its weights are named as ``PooledProjection``'s, so a CLIP checkpoint loads into it."""
 
+    reads_tokens = True
+
     def forward(self, features: VisionFeatures | TextFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens = F.normalize(self.proj(features.tokens), dim=-1)  # [B, T, E]
         mask = features.mask
