@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import apply_overrides
 from vlalign.errors import OutOfMemory
-from vlalign.objectives import OBJECTIVES, clip_objective
+from vlalign.objectives import EMBEDDING_OBJECTIVES, OBJECTIVES, clip_objective
 from vlalign.recipes import get_recipe
 from vlalign.train import run_training
 
@@ -31,8 +31,10 @@ def failing_objective():
         return objective
 
     OBJECTIVES["fail-at-3"] = factory
+    EMBEDDING_OBJECTIVES.add("fail-at-3")  # like CLIP, it reads only the embeddings: the same forward
     yield raised
     del OBJECTIVES["fail-at-3"]
+    EMBEDDING_OBJECTIVES.discard("fail-at-3")
 
 
 def config(objective):
