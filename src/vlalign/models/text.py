@@ -79,7 +79,9 @@ class TextTransformer(nn.Module):
     def _pooled_eot(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
         # Under causal attention a real token never sees the padding after it, so the columns past the
         # longest caption change nothing: drop them (captions are usually well shorter than the context).
-        longest = max(int(mask.sum(1).max()), 1)
+        # Not inside torch.compile: a data-dependent length would break the graph (callers such as
+        # ``Aligner.encode_tokens`` cut their chunks before).
+        longest = ids.shape[1] if torch.compiler.is_compiling() else max(int(mask.sum(1).max()), 1)
         ids, short_mask = ids[:, :longest], mask[:, :longest]
         x = self.token_embedding(ids) + self.pos[:, :longest]  # [B, L, D]
         last = short_mask.long().sum(1).clamp_min(1) - 1  # [B] index of the EOS token
