@@ -35,6 +35,7 @@ from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.objectives import Objective, build_objective
 from vlalign.train.acceleration import enable_grad_checkpointing
+from vlalign.train.continual import ContinualTeachers
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class Components:
     model: DualEncoder | VisionLanguageModel
     objective: Objective
     loader: Loader
+    teachers: ContinualTeachers | None = None  # CTP's reference and momentum models (objective "ctp")
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
@@ -167,7 +169,9 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn, order=cfg.data.order)
-    return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+    teachers = ContinualTeachers(model, cfg.model.init_from, cfg.objective.ctp.momentum) \
+        if cfg.objective.name == "ctp" else None
+    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, teachers)
 
 
 def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ...]:
