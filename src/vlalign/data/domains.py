@@ -44,12 +44,23 @@ def domain_combos(split: str, domain: str) -> tuple[tuple[str, str], ...]:
     return DOMAIN_SPLITS[split][domain]
 
 
+class DomainWorld(ShapesWorld):
+    """A shapes world of one domain. Its ``texts`` (what a new run trains its tokenizer on) also cover the
+    other domains' words: a stream's vocabulary is fixed up front, as P9D's (one BERT tokenizer for all
+    tasks), so a later task's words are not split into pieces the first task never learnt."""
+
+    def texts(self) -> list[str]:
+        whole = ShapesConfig(image_size=self.cfg.image_size, min_objects=self.cfg.min_objects,
+                             max_objects=self.cfg.max_objects)
+        return self.captions() + ShapesWorld(min(self.n, 2000), self.seed, whole).captions()
+
+
 def domain_world(split: str, domain: str, n: int, seed: int, min_objects: int = 1, max_objects: int = 3,
-                 image_size: int = 64) -> ShapesWorld:
+                 image_size: int = 64) -> DomainWorld:
     """``n`` scenes of one domain: every object's (colour, shape) is one of the domain's."""
     cfg = ShapesConfig(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
                        holdout=domain_combos(split, domain), holdout_mode="only")
-    return ShapesWorld(n, seed, cfg)
+    return DomainWorld(n, seed, cfg)
 
 
 def domain_spec(split: str, domain: str, n: int, seed: int, objects: str = "1-3", size: int = 64) -> str:
@@ -58,7 +69,7 @@ def domain_spec(split: str, domain: str, n: int, seed: int, objects: str = "1-3"
     return f"shapes-domain:split={split},domain={domain},n={n},seed={seed},objects={objects},size={size}"
 
 
-def parse_domain_spec(args: dict[str, str]) -> ShapesWorld:
+def parse_domain_spec(args: dict[str, str]) -> DomainWorld:
     """Build a domain from spec arguments (``SPEC_KEYS``); ``split`` and ``domain`` are required."""
     unknown = [key for key in args if key not in SPEC_KEYS]
     if unknown:

@@ -33,6 +33,7 @@ from vlalign.models.nvfp4 import apply_nvfp4
 from vlalign.models.text_cache import cached_text_embeddings
 from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
+from vlalign.models.vpg_transfer import inherit_vpg
 from vlalign.objectives import Objective, build_objective
 from vlalign.train.acceleration import enable_grad_checkpointing
 from vlalign.train.continual import ContinualTeachers
@@ -147,8 +148,11 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     tokenizer = build_tokenizer(cfg, source, run_dir)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
-    if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
+    fresh = latest_checkpoint(run_dir / "checkpoints") is None  # a resume restores instead
+    if cfg.model.init_from and fresh:
         load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
+    if cfg.model.vlm.inherit_vpg and fresh:  # VPGTrans: after the new LM's weights, which the projector reads
+        inherit_vpg(model, cfg.model.vlm.inherit_vpg, cfg.model.vlm.projector_init, run_dir / TOKENIZER_FILE)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
     if cfg.train.precision == "nvfp4-sim":
