@@ -71,6 +71,8 @@ def test_freeze_keeps_experts_trainable_unless_named():
     model.freeze(["visual_experts", "connector.fc1"])
     assert not any(p.requires_grad for e in visual_experts(model.decoder) for p in e.parameters())
     assert not model.connector.fc1.weight.requires_grad and model.connector.fc2.weight.requires_grad
+    with pytest.raises(ValueError, match="connector.fc9"):
+        model.freeze(["connector.fc9"])
 
 
 def test_trained_visual_experts_keep_the_language_model_exactly(runs, tmp_path):

@@ -125,13 +125,18 @@ class VisionLanguageModel(nn.Module):
         sub-modules by dotted path ("connector.fc1"), and "visual_experts" (Mono-InternVL's, which "decoder"
         leaves trainable: they are the point of freezing the language model).
 
-        Names the model does not have (e.g. "vision" in a text-only LM) are ignored.
+        Top-level names the model does not have (e.g. "vision" in a text-only LM) are ignored; a dotted path
+        into a module it has must exist.
         """
         for name in names:
+            top = name.split(".")[0]
+            if not isinstance(getattr(self, top, None), nn.Module):
+                continue
             try:
                 self.get_submodule(name).requires_grad_(False)
             except AttributeError:
-                continue
+                raise ValueError(f"model.vlm.freeze names '{name}', which this model does not have; e.g. "
+                                 "connector.fc1 (the mlp connector's first layer)") from None
         for expert in visual_experts(self.decoder):
             expert.requires_grad_("visual_experts" not in names)
 
