@@ -1,5 +1,6 @@
 """CTP (issue 13): the domain task stream, the two losses, the teachers and a CTP task trained end to end."""
 
+import copy
 import json
 import math
 
@@ -7,15 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlalign.config import apply_overrides
+from vlalign.config import ModelConfig, ObjectiveConfig, apply_overrides
 from vlalign.data.domains import DOMAIN_SPLITS, domain_world, domains
 from vlalign.data.shapes import COLOURS, SHAPES
 from vlalign.data.specs import build_source
 from vlalign.errors import ConfigError, DataError
+from vlalign.models import build_model
+from vlalign.objectives import build_objective
 from vlalign.objectives.continual import momentum_contrast_loss, topology_preservation_loss
 from vlalign.recipes import get_recipe
 from vlalign.train import run_training
+from vlalign.models.transfer import load_matching_weights
 from vlalign.train.continual import ContinualTeachers
+from vlalign.train.setup import build_components
 
 
 @pytest.mark.parametrize("split", list(DOMAIN_SPLITS))
@@ -78,6 +83,28 @@ def test_momentum_contrast_matches_cross_entropy_on_the_diagonal():
                                                                                               rel=1e-5)
 
 
+def test_ctp_objective_trains_every_embedding_parameter_and_not_the_teachers():
+    cfg = ModelConfig()
+    cfg.vision.size, cfg.text.size, cfg.embed_dim = "vit-micro", "text-micro", 16
+    torch.manual_seed(0)
+    model = build_model(cfg, image_size=16, vocab_size=50, context_length=8)
+    images, ids = torch.randn(4, 3, 16, 16), torch.randint(4, 50, (4, 8))
+    batch = {"images": images, "text_ids": ids, "text_mask": ids != 0}
+    teachers = ContinualTeachers.__new__(ContinualTeachers)  # teachers without a previous run: two frozen copies
+    teachers.reference, teachers.momentum_model = (copy.deepcopy(model).requires_grad_(False) for _ in range(2))
+    with torch.no_grad():
+        for p in teachers.reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    teachers.annotate(batch)
+    loss, metrics = build_objective(ObjectiveConfig(name="ctp"))(model(images, ids, ids != 0), batch)
+    loss.backward()
+    assert metrics["loss/topology"] > 0
+    for name, p in model.named_parameters():
+        if not name.startswith(("logit_bias", "classifier.")):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(p.grad is None for p in teachers.reference.parameters())
+
+
 def _train(tmp_path, name, overrides):
     base = ["data.train=shapes-domain:split=family,domain=round,n=128,seed=0,size=32", "train.steps=3",
             "train.log_every=1", "train.checkpoint_every=3", "eval.tasks=[]", "train.threads=1", "data.batch_size=16"]
@@ -95,12 +122,8 @@ def test_ctp_task_starts_at_its_reference_and_the_momentum_update_follows_the_fo
     assert rows[0]["loss/topology"] == pytest.approx(0, abs=1e-6)
     assert rows[-1]["loss/topology"] > 0
 
-    from vlalign.train.setup import build_components
-
     parts = build_components(cfg, tmp_path / "angular")
     teachers = parts.teachers
-    from vlalign.models.transfer import load_matching_weights
-
     previous = build_components(cfg, tmp_path / "angular").model
     load_matching_weights(previous, [str(tmp_path / "round")])
     for (name, ref), prev in zip(teachers.reference.named_parameters(), previous.parameters()):
