@@ -102,6 +102,17 @@ class VLMConfig:
     # Top-level modules whose weights stay fixed: "vision", "connector", "decoder".
     # The default is LLaVA stage 1 (alignment): only the connector trains.
     freeze: list[str] = field(default_factory=lambda: ["vision", "decoder"])
+    # Issue 13 (VPGTrans, Mono-InternVL; docs/continual.md). The mlp connector's hidden width (0 = the LM width):
+    # a fixed width makes its first layer (with the ViT: the visual prompt generator, VPG) independent of the LM.
+    connector_width: int = 0
+    # VPGTrans: a vlm run (another, e.g. smaller, LM) whose VPG (vision.*, connector.fc1.*) this model inherits
+    inherit_vpg: str = ""
+    # VPGTrans: the new projector (connector.fc2) starts "random", or as the inherited projector followed by a
+    # "word-converter" (a least-squares map from the old LM's token embeddings to the new one's)
+    projector_init: str = "random"
+    # Mono-InternVL: a trainable visual FFN expert beside every block's FFN; image positions use it, text
+    # positions the original. "decoder" in freeze fixes the language weights only; "visual_experts" fixes them.
+    visual_experts: bool = False
 
 
 @dataclass(kw_only=True)
@@ -185,6 +196,17 @@ class RegionConfig:
 
 
 @dataclass(kw_only=True)
+class CTPConfig:
+    """CTP continual pre-training (objective "ctp", Zhu et al. 2023): CLIP on the new task plus compatible
+    momentum contrast and topology preservation against the previous task's run (``model.init_from``)."""
+
+    momentum: float = 0.9  # m in θ_m <- m·θ_m + (1-m)/2·(θ + θ_ref); CTP's reference code uses 0.9
+    temperature: float = 0.07  # fixed temperature of both terms (the reference code's)
+    momentum_weight: float = 1.0
+    topology_weight: float = 1.0
+
+
+@dataclass(kw_only=True)
 class ObjectiveConfig:
     # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "fdt" (InfoNCE on FDT features)
     # | "supervised" (class labels) | "generative" (next-token loss on targets)
@@ -207,6 +229,7 @@ class ObjectiveConfig:
     medslip: MeDSLIPConfig = field(default_factory=MeDSLIPConfig)
     velvet: HierarchyConfig = field(default_factory=HierarchyConfig)
     ps3: RegionConfig = field(default_factory=RegionConfig)
+    ctp: CTPConfig = field(default_factory=CTPConfig)  # objective "ctp" (issue 13)
 
 
 @dataclass(kw_only=True)
@@ -292,7 +315,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion", "gpt4image", "medslip", "velvet", "ps3"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -302,11 +325,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fusion.kind": ("none", "fiber", "manager"),
     "model.fusion.itm_negatives": ("hard", "random"),
     "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
+    "model.vlm.projector_init": ("random", "word-converter"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
 GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm")}
-FREEZABLE_MODULES = ("vision", "connector", "decoder")
+FREEZABLE_MODULES = ("vision", "connector", "decoder", "visual_experts")  # and sub-modules, e.g. connector.fc1
 
 # Fields that change the shape of a saved tensor or the meaning of a token: resuming with a
 # different value is refused (checked by vlalign.train.resume).
@@ -382,7 +406,33 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     _validate_fusion(cfg, source)
     _validate_catalogue_more(cfg, source)
     _validate_efficiency(cfg, source)
+    _validate_continual(cfg, source)
     return cfg
+
+
+def _validate_continual(cfg: RunConfig, source: str) -> None:
+    """CTP, VPGTrans and Mono-InternVL (issue 13)."""
+    ctp, vlm = cfg.objective.ctp, cfg.model.vlm
+    if not 0 <= ctp.momentum < 1 or ctp.temperature <= 0 or min(ctp.momentum_weight, ctp.topology_weight) < 0:
+        raise ConfigError(f"In {source}: objective.ctp needs momentum in [0, 1), temperature > 0 and weights >= 0; "
+                          f"got {ctp}.")
+    if cfg.objective.name == "ctp" and not cfg.model.init_from:
+        raise ConfigError(f"In {source}: objective.name=ctp continues from the previous task's model: set "
+                          "model.init_from to that run's directory.")
+    if cfg.objective.name == "ctp" and cfg.train.parallel == "fsdp":
+        raise ConfigError(f"In {source}: objective.name=ctp keeps whole copies of the model as teachers; use "
+                          "train.parallel=replicate.")
+    if vlm.connector_width < 0:
+        raise ConfigError(f"Config key 'model.vlm.connector_width' in {source} must be >= 0, got {vlm.connector_width}.")
+    if (vlm.connector_width or vlm.inherit_vpg) and vlm.connector != "mlp":
+        raise ConfigError(f"In {source}: model.vlm.connector_width and inherit_vpg split the mlp connector into the "
+                          "VPG (fc1) and the projector (fc2); set model.vlm.connector=mlp.")
+    if vlm.projector_init != "random" and not vlm.inherit_vpg:
+        raise ConfigError(f"In {source}: model.vlm.projector_init={vlm.projector_init} composes the inherited "
+                          "projector with a word converter; name the run to inherit in model.vlm.inherit_vpg.")
+    if (vlm.inherit_vpg or vlm.visual_experts) and cfg.model.arch != "vlm":
+        raise ConfigError(f"In {source}: model.vlm.inherit_vpg / visual_experts need model.arch=vlm, "
+                          f"got '{cfg.model.arch}'.")
 
 
 def _validate_catalogue(cfg: RunConfig, source: str) -> None:
@@ -535,7 +585,7 @@ def _validate_arch(cfg: RunConfig, source: str) -> None:
             if get_path(cfg, path) != default:
                 raise ConfigError(f"In {source}: {path} '{get_path(cfg, path)}' applies to the dual encoder only; "
                                   f"model.arch '{arch}' would ignore it. Leave it at '{default}'.")
-    unknown = [name for name in cfg.model.vlm.freeze if name not in FREEZABLE_MODULES]
+    unknown = [name for name in cfg.model.vlm.freeze if name.split(".")[0] not in FREEZABLE_MODULES]
     if unknown:
         raise ConfigError(f"Config key 'model.vlm.freeze' in {source} names '{unknown[0]}'; "
                           f"freezable modules are: {', '.join(FREEZABLE_MODULES)}.")

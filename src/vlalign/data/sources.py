@@ -119,3 +119,15 @@ def edges_source(argument: str) -> Source:
     from vlalign.data.specs import build_source
 
     return EdgeMaps(build_source(argument))
+
+
+@register_source("shapes-domain", "shapes-domain:split=family|palette,domain=round,n=2000,seed=0[,objects=1-3][,size=64]"
+                 "  (one domain of a continual task stream)")
+def shapes_domain_source(argument: str) -> Source:
+    from vlalign.data.domains import SPEC_KEYS, parse_domain_spec
+
+    args = parse_kv(argument, dict.fromkeys(SPEC_KEYS, str), f"shapes-domain:{argument}")
+    try:
+        return parse_domain_spec(args)
+    except ValueError as err:
+        raise DataError(f"Data spec 'shapes-domain:{argument}': {err}") from None

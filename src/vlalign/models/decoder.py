@@ -105,7 +105,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    ``visual_mlp`` (None unless ``vlalign.models.visual_experts`` adds one): Mono-InternVL's visual FFN
+    expert. The first ``visual_positions`` positions of a call (the image prefix) go through it, the rest
+    through ``mlp``; with no visual positions the block is exactly the plain one.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -114,10 +119,16 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(width, heads)
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.visual_mlp: nn.Module | None = None
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None, layer: int,
+                visual_positions: int = 0) -> Tensor:
         x = x + self.attn(self.ln_attn(x), attn_mask, kv_cache, layer)
-        return x + self.mlp(self.ln_mlp(x))
+        h = self.ln_mlp(x)
+        if self.visual_mlp is None or visual_positions == 0:
+            return x + self.mlp(h)
+        routed = [self.visual_mlp(h[:, :visual_positions]), self.mlp(h[:, visual_positions:])]  # image | text
+        return x + torch.cat(routed, dim=1)
 
 
 class CausalDecoder(nn.Module):
@@ -158,6 +169,7 @@ class CausalDecoder(nn.Module):
         prefix: Tensor | None = None,
         attention_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        visual_positions: int = 0,
     ) -> DecoderOutput:
         """Run the decoder on ``[prefix, embed(ids)]``.
 
@@ -167,9 +179,14 @@ class CausalDecoder(nn.Module):
             then being all real. Integer 0/1 masks are accepted. None = everything real.
         kv_cache: append this call's keys/values to the cache and attend to the cached positions
             too; the mask and positions continue from what the cache has seen.
+        visual_positions: the first this-many prefix positions are image tokens, routed to the blocks'
+            visual experts when they have them (Mono-InternVL); 0 = every position is text.
         """
         tokens = self._check_ids(ids)
         prefix_len = self._check_prefix(prefix, ids)
+        if not 0 <= visual_positions <= prefix_len:
+            raise ValueError(f"visual_positions={visual_positions} must lie in [0, prefix length {prefix_len}]: "
+                             "only prefix positions can be image tokens")
         batch, new_len = ids.shape[0], prefix_len + tokens
         new_mask = self._full_mask(attention_mask, batch, prefix_len, tokens, ids.device)  # [B, P+L] or None
         past_len = 0 if kv_cache is None else len(kv_cache)
@@ -196,9 +213,9 @@ class CausalDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             hidden_states.append(x)
             if self.grad_checkpointing and self.training and kv_cache is None:
-                x = checkpoint(block, x, attn_mask, None, layer, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, None, layer, visual_positions, use_reentrant=False)
             else:
-                x = block(x, attn_mask, kv_cache, layer)
+                x = block(x, attn_mask, kv_cache, layer, visual_positions)
         x = self.ln_final(x)
         hidden_states.append(x)
         if kv_cache is not None:
@@ -220,6 +237,7 @@ class CausalDecoder(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         attention_mask: Tensor | None = None,
+        visual_positions: int = 0,
     ) -> Tensor:
         """Continue ``[prefix, ids]`` and return the new tokens [B, T_new], T_new <= max_new_tokens.
 
@@ -252,7 +270,7 @@ class CausalDecoder(nn.Module):
             )
 
         cache = KVCache() if use_cache else None
-        logits = self(ids, prefix, mask, kv_cache=cache).logits[:, -1]  # [B, V]
+        logits = self(ids, prefix, mask, kv_cache=cache, visual_positions=visual_positions).logits[:, -1]  # [B, V]
         finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         new_tokens = []
         for step in range(max_new_tokens):
@@ -269,7 +287,7 @@ class CausalDecoder(nn.Module):
                 ids = torch.cat([ids, next_ids[:, None]], dim=1)
                 if mask is not None:
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                logits = self(ids, prefix, mask).logits[:, -1]
+                logits = self(ids, prefix, mask, visual_positions=visual_positions).logits[:, -1]
         return torch.stack(new_tokens, dim=1)
 
     def _check_ids(self, ids: Tensor) -> int:

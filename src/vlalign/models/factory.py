@@ -23,6 +23,7 @@ from vlalign.models.text import TextTransformer
 from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.token_merging import TokenMerging, merge_schedule
 from vlalign.models.vit import PatchEmbed, VisionTransformer
+from vlalign.models.visual_experts import add_visual_experts
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
 PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed, "conv": ConvStemEmbed}
@@ -80,8 +81,11 @@ def build_vlm(cfg: ModelConfig, image_size: int, vocab_size: int, context_length
                                           mlp_ratio=size.mlp_ratio))
     if cfg.arch == "lm":
         return VisionLanguageModel(decoder, prefix)
+    if cfg.vlm.visual_experts:  # Mono-InternVL (issue 13)
+        add_visual_experts(decoder)
     vision = build_vision(cfg, image_size)
-    connector = CONNECTORS[cfg.vlm.connector](vision.width, size.width)
+    hidden = {"hidden": cfg.vlm.connector_width} if cfg.vlm.connector == "mlp" else {}
+    connector = CONNECTORS[cfg.vlm.connector](vision.width, size.width, **hidden)
     return VisionLanguageModel(decoder, prefix, vision, connector, cfg.init_temperature)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlalign.models.decoder import CausalDecoder
+from vlalign.models.visual_experts import visual_experts
 from vlalign.models.vit import VisionTransformer
 
 
@@ -38,12 +39,17 @@ class LinearConnector(nn.Module):
 
 
 class MLPConnector(nn.Module):
-    """LLaVA-1.5 (Liu et al. 2023b, "mlp2x_gelu"): Linear -> GELU -> Linear."""
+    """LLaVA-1.5 (Liu et al. 2023b, "mlp2x_gelu"): Linear -> GELU -> Linear.
 
-    def __init__(self, vision_width: int, lm_width: int):
+    ``hidden`` (default: the LM width) fixed across language models makes ``fc1`` LM-independent: with
+    the ViT it is the visual prompt generator that VPGTrans moves to another LM, ``fc2`` its projector.
+    """
+
+    def __init__(self, vision_width: int, lm_width: int, hidden: int = 0):
         super().__init__()
-        self.fc1 = nn.Linear(vision_width, lm_width)
-        self.fc2 = nn.Linear(lm_width, lm_width)
+        hidden = hidden or lm_width
+        self.fc1 = nn.Linear(vision_width, hidden)
+        self.fc2 = nn.Linear(hidden, lm_width)
 
     def forward(self, patches: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(patches)))  # [B, P, D_lm]
@@ -97,7 +103,7 @@ class VisionLanguageModel(nn.Module):
         batch = text_ids.shape[0]
         prefix, image_mask = self.prefix(images, channel_ids, batch)
         mask = torch.cat([_real(image_mask, prefix), text_mask.bool()], dim=1)  # [B, P+L]
-        out = self.decoder(text_ids, prefix, mask)
+        out = self.decoder(text_ids, prefix, mask, visual_positions=prefix.shape[1] if images is not None else 0)
         scale = self.logit_scale.exp() if self.logit_scale is not None else None
         return VLMOutput(logits=out.logits, prefix_len=prefix.shape[1], token_embeds=self.decoder.embed(text_ids),
                          image_tokens=prefix if images is not None else None, image_mask=image_mask,
@@ -111,17 +117,28 @@ class VisionLanguageModel(nn.Module):
         prefix, image_mask = self.prefix(images, channel_ids, prompt_ids.shape[0])
         mask = torch.cat([_real(image_mask, prefix), prompt_mask.bool()], dim=1)
         return self.decoder.generate(prompt_ids, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                                     temperature=temperature, top_k=top_k, generator=generator, attention_mask=mask)
+                                     temperature=temperature, top_k=top_k, generator=generator, attention_mask=mask,
+                                     visual_positions=prefix.shape[1] if images is not None else 0)
 
     def freeze(self, names: list[str]) -> None:
-        """Fix the weights of the named top-level modules ("vision", "connector", "decoder").
+        """Fix the weights of the named modules: top-level ones ("vision", "connector", "decoder"), their
+        sub-modules by dotted path ("connector.fc1"), and "visual_experts" (Mono-InternVL's, which "decoder"
+        leaves trainable: they are the point of freezing the language model).
 
-        Names the model does not have (e.g. "vision" in a text-only LM) are ignored.
+        Top-level names the model does not have (e.g. "vision" in a text-only LM) are ignored; a dotted path
+        into a module it has must exist.
         """
         for name in names:
-            module = getattr(self, name, None)
-            if isinstance(module, nn.Module):
-                module.requires_grad_(False)
+            top = name.split(".")[0]
+            if not isinstance(getattr(self, top, None), nn.Module):
+                continue
+            try:
+                self.get_submodule(name).requires_grad_(False)
+            except AttributeError:
+                raise ValueError(f"model.vlm.freeze names '{name}', which this model does not have; e.g. "
+                                 "connector.fc1 (the mlp connector's first layer)") from None
+        for expert in visual_experts(self.decoder):
+            expert.requires_grad_("visual_experts" not in names)
 
     def no_weight_decay(self) -> set[str]:
         """Norms, biases, embedding tables, positions, the CLS token and the temperature."""

@@ -463,3 +463,86 @@ def fashion_mnist_gpt4image() -> RunConfig:
     cfg.train.checkpoint_every = 500
     cfg.eval.tasks = ["channels"]
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13: continual pre-training (CTP), VPG transfer (VPGTrans), visual experts (Mono-InternVL).
+# docs/continual.md walks through each; benchmarks/catalogue_continual.py measures them.
+
+
+def _continual_task(domain: str) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.train = f"shapes-domain:split=family,domain={domain},n=4000,seed=0,size=32"
+    cfg.data.eval = f"shapes-domain:split=family,domain={domain},n=500,seed=1,size=32"
+    cfg.data.image_size = 32
+    cfg.data.batch_size = 64
+    cfg.model.vision.size = "vit-micro"
+    cfg.model.text.size = "text-micro"
+    cfg.model.text.vocab_size = 300
+    cfg.model.embed_dim = 64
+    cfg.optim.warmup_steps = 30
+    cfg.train.steps = 300
+    cfg.train.threads = 1
+    cfg.train.checkpoint_every = 300
+    cfg.eval.tasks = ["zeroshot"]
+    cfg.eval.zeroshot_n = 500
+    return cfg
+
+
+@recipe
+def continual_first() -> RunConfig:
+    """Task 1 of the shape-family stream (round shapes), CLIP; the later tasks start from runs/continual-first."""
+    return _continual_task("round")
+
+
+@recipe
+def continual_seqft() -> RunConfig:
+    """Sequential fine-tuning: CLIP on the next domain (angular shapes) from runs/continual-first (the baseline)."""
+    cfg = _continual_task("angular")
+    cfg.model.init_from = ["runs/continual-first"]
+    return cfg
+
+
+@recipe
+def continual_ctp() -> RunConfig:
+    """CTP: the next domain with compatible momentum contrast + topology preservation against runs/continual-first."""
+    cfg = continual_seqft()
+    cfg.objective.name = "ctp"
+    return cfg
+
+
+def _vpg_stage(init_from: list[str]) -> RunConfig:
+    cfg = cgvlm_stage1_gen()
+    cfg.model.vlm.decoder = "lm-mini"
+    cfg.model.vlm.connector_width = 64
+    cfg.model.init_from = init_from
+    cfg.eval.tasks = ["caption-tokens"]
+    return cfg
+
+
+@recipe
+def vpgtrans_warmup() -> RunConfig:
+    """VPGTrans stage 1: inherit runs/vpg-small's VPG, word-converter projector, train only it at 5x lr (lm-mini)."""
+    cfg = _vpg_stage(["runs/lm-pretrain-mini"])
+    cfg.model.vlm.inherit_vpg = "runs/vpg-small"
+    cfg.model.vlm.projector_init = "word-converter"
+    cfg.model.vlm.freeze = ["vision", "decoder", "connector.fc1"]
+    cfg.optim.lr = 1e-2  # 5x the 2e-3 of stage 1 (VPGTrans §4.2: projector warm-up at 5x the learning rate)
+    cfg.optim.warmup_steps = 5
+    cfg.train.steps = 50
+    return cfg
+
+
+@recipe
+def vpgtrans_tune() -> RunConfig:
+    """VPGTrans stage 2: VPG (connector.fc1) and projector together at the normal rate, from runs/vpgtrans-warmup."""
+    return _vpg_stage(["runs/vpgtrans-warmup"])
+
+
+@recipe
+def mono_visual_experts() -> RunConfig:
+    """Mono-InternVL: visual FFN experts in the frozen LM (stage-1 captioning); text-only outputs stay the LM's."""
+    cfg = cgvlm_stage1_gen()
+    cfg.model.vlm.visual_experts = True
+    cfg.eval.tasks = ["caption-tokens", "text-tokens"]
+    return cfg

@@ -33,8 +33,10 @@ from vlalign.models.nvfp4 import apply_nvfp4
 from vlalign.models.text_cache import cached_text_embeddings
 from vlalign.models.transfer import language_model_source, load_matching_weights, text_tower_source
 from vlalign.models.vlm import VisionLanguageModel
+from vlalign.models.vpg_transfer import inherit_vpg
 from vlalign.objectives import Objective, build_objective
 from vlalign.train.acceleration import enable_grad_checkpointing
+from vlalign.train.continual import ContinualTeachers
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class Components:
     model: DualEncoder | VisionLanguageModel
     objective: Objective
     loader: Loader
+    teachers: ContinualTeachers | None = None  # CTP's reference and momentum models (objective "ctp")
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
@@ -145,8 +148,11 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     tokenizer = build_tokenizer(cfg, source, run_dir)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
-    if cfg.model.init_from and latest_checkpoint(run_dir / "checkpoints") is None:  # a resume restores instead
+    fresh = latest_checkpoint(run_dir / "checkpoints") is None  # a resume restores instead
+    if cfg.model.init_from and fresh:
         load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
+    if cfg.model.vlm.inherit_vpg and fresh:  # VPGTrans: after the new LM's weights, which the projector reads
+        inherit_vpg(model, cfg.model.vlm.inherit_vpg, cfg.model.vlm.projector_init, run_dir / TOKENIZER_FILE)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
     if cfg.train.precision == "nvfp4-sim":
@@ -167,7 +173,9 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn, order=cfg.data.order)
-    return Components(source, tokenizer, model, build_objective(cfg.objective), loader)
+    teachers = ContinualTeachers(model, cfg.model.init_from, cfg.objective.ctp.momentum) \
+        if cfg.objective.name == "ctp" else None
+    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, teachers)
 
 
 def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ...]:

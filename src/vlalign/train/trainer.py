@@ -66,7 +66,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     if not dist.is_main():
         parts = build_components(cfg, run_dir, dist.rank(), dist.world_size())
     strategy = build_strategy(cfg.train.parallel if dist.world_size() > 1 else "replicate")
-    model, loader, objective = strategy.wrap(parts.model), parts.loader, parts.objective
+    model, loader, objective, teachers = strategy.wrap(parts.model), parts.loader, parts.objective, parts.teachers
     optimizer = build_optimizer(model, cfg.optim)  # after wrapping: FSDP2 replaces the parameters
     ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     state = TrainState()
@@ -74,6 +74,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
         state = restore(resume_from, model, optimizer, loader, strategy, ema)
         set_implementation(optimizer, cfg.optim.implementation)
         log.info("resuming from %s", resume_from)
+        if teachers is not None:
+            teachers.restart_momentum(model)
     # nvfp4-sim quantises inside the linear layers themselves; the rest of the step stays fp32.
     dtype = (torch.float32 if cfg.train.precision == "nvfp4-sim"
              else resolve_precision(cfg.train.precision, next(model.parameters()).device.type))
@@ -96,10 +98,14 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
             if not throughput.flops_per_sample:
                 throughput.measure_model(model, batch, forward_kwargs(objective))
                 throughput.reset()
+            if teachers is not None:  # CTP: the previous-task and momentum models' embeddings of this batch
+                teachers.annotate(batch)
             step_metrics = train_step(model, objective, optimizer, batch, state, cfg, strategy, dtype)
             stopping = dist.all_reduce_max(float(stop_requested())) > 0
             if step_metrics is not None and ema is not None:
                 ema.update(model, state.step)
+            if step_metrics is not None and teachers is not None:
+                teachers.update(model)
             if step_metrics is not None:  # the update was applied (not a skipped non-finite step)
                 throughput.pairs += batch_size(batch) * dist.world_size()
                 bar.update(1)
