@@ -39,6 +39,13 @@ class DataConfig:
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
     normalization: str = "auto"
+    # Catalogue issue 12 (Open-Qwen2VL; see docs/efficiency.md):
+    # > 0 (archs lm / vlm): pack each batch's examples into decoder rows of this many entries, with a
+    # block-diagonal causal mask and positions restarting per example (vlalign.models.packing); 0 = padded rows
+    pack_length: int = 0
+    # image sizes for equal consecutive parts of training, low to high, e.g. [16, 24, 32] (the last one usually
+    # data.image_size); position embeddings are resampled to each grid (vlalign.train.curriculum); [] = off
+    resolution_schedule: list[int] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -505,8 +512,20 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_efficiency(cfg: RunConfig, source: str) -> None:
-    """Token merging, EMA and simulated low precision (catalogue issue 12)."""
+    """Token merging, EMA, simulated low precision, packing and the resolution curriculum (catalogue issue 12)."""
     vision = cfg.model.vision
+    if cfg.data.pack_length < 0 or cfg.data.pack_length and cfg.model.arch == "dual-encoder":
+        raise ConfigError(f"Config key 'data.pack_length' in {source} is {cfg.data.pack_length}: it packs the "
+                          "examples of a generative run (model.arch lm or vlm) and must be >= 0 (0 = off).")
+    for size in cfg.data.resolution_schedule:
+        if size <= 0 or size % vision.patch_size or size > cfg.data.image_size:
+            raise ConfigError(f"Config key 'data.resolution_schedule' in {source} has {size}: every size must be a "
+                              f"multiple of model.vision.patch_size ({vision.patch_size}) and at most "
+                              f"data.image_size ({cfg.data.image_size}).")
+    if cfg.data.resolution_schedule and (cfg.model.arch != "dual-encoder" or vision.patch_embed == "conv"):
+        raise ConfigError(f"In {source}: data.resolution_schedule changes the number of image tokens, which the "
+                          f"'{cfg.model.arch}' arch's decoder positions / the conv stem's fixed grid do not allow; "
+                          "use it with model.arch=dual-encoder and a standard or channel patch embedding.")
     if (vision.merge_r or any(vision.merge_schedule)) and cfg.model.arch != "dual-encoder":
         raise ConfigError(f"In {source}: model.vision.merge_r / merge_schedule apply to the dual encoder only; the "
                           f"'{cfg.model.arch}' arch feeds a fixed number of image tokens to its language model.")

@@ -149,6 +149,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         load_matching_weights(model, cfg.model.init_from, cfg.model.init_modules)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
+        model.pack_length = cfg.data.pack_length
     if cfg.train.precision == "nvfp4-sim":
         simulate_nvfp4(model, cfg)
     if cfg.train.grad_checkpointing:
