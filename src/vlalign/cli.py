@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--drop", type=float, required=True, metavar="F", help="fraction of pairs to drop, e.g. 0.2")
     filt.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the kept shards")
     filt.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    reduce = data_sub.add_parser("reduce", help="keep a representative fraction of the pairs: k-means on a trained "
+                                 "run's embeddings, nearest to each centre (TL;DR-style data reduction)")
+    reduce.add_argument("source", metavar="SRC", help="a data spec, e.g. wds:raw/shards.json")
+    reduce.add_argument("--checkpoint", required=True, help="a trained dual-encoder run (or one of its checkpoints)")
+    reduce.add_argument("--keep", type=float, required=True, metavar="F", help="fraction of pairs to keep, e.g. 0.25")
+    reduce.add_argument("--clusters", type=int, default=100, metavar="K", help="k-means clusters (default 100)")
+    reduce.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the kept shards")
+    reduce.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     add_use_commands(sub)
     add_efficiency_commands(sub)
     return parser
@@ -266,7 +274,9 @@ def cmd_data(args) -> int:
         return 0
     if args.data_command == "filter":
         return cmd_data_filter(args)
-    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect or filter "
+    if args.data_command == "reduce":
+        return cmd_data_reduce(args)
+    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect, filter or reduce "
                        "(see `vlalign data --help`).")
 
 
@@ -282,6 +292,20 @@ def cmd_data_filter(args) -> int:
     result = filter_source(model, build_source(args.source), args.drop, args.to, args.shard_size, progress=True)
     print(f"kept {int(result.kept.sum())} of {len(result.kept)} pairs (score >= {result.threshold:.4f}); "
           f"their data spec: wds:{result.shards.index}")
+    return 0
+
+
+def cmd_data_reduce(args) -> int:
+    from vlalign.api import Aligner, load
+    from vlalign.curate.reduction import reduce_source
+    from vlalign.data.specs import build_source
+
+    model = load(args.checkpoint)
+    if not isinstance(model, Aligner):
+        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; reduction clusters a dual "
+                           "encoder's embeddings (model.arch dual-encoder).")
+    report = reduce_source(model, build_source(args.source), args.keep, args.clusters, args.to, args.shard_size)
+    print(f"kept {report.written} pairs; their data spec: wds:{report.index}")
     return 0
 
 
