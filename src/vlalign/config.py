@@ -192,6 +192,16 @@ class RegionConfig:
 
 
 @dataclass(kw_only=True)
+class SALTConfig:
+    """SALT (objective "salt"): CLIP plus distillation of a small trained teacher's batch similarities, early only."""
+
+    teacher: str = ""  # a trained dual-encoder run directory (its own tokenizer and preprocessing)
+    kd_weight: float = 1.0  # w in L = L_clip + w·L_kd while distilling
+    kd_steps: int = 100  # distil for the first this many optimizer steps, then CLIP alone
+    temperature: float = 0.05  # of the teacher's similarity softmax (its soft labels)
+
+
+@dataclass(kw_only=True)
 class ObjectiveConfig:
     # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "fdt" (InfoNCE on FDT features)
     # | "supervised" (class labels) | "generative" (next-token loss on targets)
@@ -214,6 +224,7 @@ class ObjectiveConfig:
     medslip: MeDSLIPConfig = field(default_factory=MeDSLIPConfig)
     velvet: HierarchyConfig = field(default_factory=HierarchyConfig)
     ps3: RegionConfig = field(default_factory=RegionConfig)
+    salt: SALTConfig = field(default_factory=SALTConfig)  # objective "salt" (catalogue issue 12)
 
 
 @dataclass(kw_only=True)
@@ -299,7 +310,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion", "gpt4image", "medslip", "velvet", "ps3"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "salt"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -512,8 +523,18 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_efficiency(cfg: RunConfig, source: str) -> None:
-    """Token merging, EMA, simulated low precision, packing and the resolution curriculum (catalogue issue 12)."""
+    """Token merging, EMA, simulated low precision, packing, the resolution curriculum and SALT (catalogue issue 12)."""
     vision = cfg.model.vision
+    salt = cfg.objective.salt
+    if cfg.objective.name == "salt" and not salt.teacher:
+        raise ConfigError(f"In {source}: objective.name=salt distils a trained teacher; set objective.salt.teacher "
+                          "to a dual-encoder run directory.")
+    if salt.kd_weight < 0 or salt.kd_steps < 0 or salt.temperature <= 0:
+        raise ConfigError(f"In {source}: objective.salt needs kd_weight >= 0, kd_steps >= 0 and temperature > 0; got "
+                          f"{salt.kd_weight}, {salt.kd_steps} and {salt.temperature}.")
+    if cfg.objective.name == "salt" and cfg.data.cache_dir:
+        raise ConfigError(f"In {source}: objective.name=salt feeds the teacher raw samples, which data.cache_dir "
+                          "does not keep. Leave data.cache_dir empty.")
     if cfg.data.pack_length < 0 or cfg.data.pack_length and cfg.model.arch == "dual-encoder":
         raise ConfigError(f"Config key 'data.pack_length' in {source} is {cfg.data.pack_length}: it packs the "
                           "examples of a generative run (model.arch lm or vlm) and must be >= 0 (0 = off).")

@@ -227,3 +227,4 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
 
 # Catalogue items 8-11 register themselves (GPT4Image, MeDSLIP, VELVET-Med, PS3).
 from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
+from vlalign.objectives import salt as _salt  # noqa: E402,F401  (catalogue issue 12)
