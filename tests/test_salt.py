@@ -53,3 +53,23 @@ def test_a_salt_run_distils_then_trains_on_clip_alone(trained_tiny_run, tmp_path
 def test_salt_without_a_teacher_is_a_config_error():
     with pytest.raises(ConfigError, match="objective.salt.teacher"):
         apply_overrides(get_recipe("tiny"), ["objective.name=salt"])
+
+
+def test_teacher_losses_match_a_loop_over_each_pool():
+    from vlalign.curate.teacher_selection import teacher_losses
+
+    image, text = unit(6, 4, seed=4), unit(6, 4, seed=5)
+    losses = teacher_losses(image, text, 10.0, pool_size=5)  # a pool of all the others
+    for i in range(6):
+        logits = 10.0 * image[i] @ text.t()  # every caption, the own one included
+        assert losses[i].item() == pytest.approx(float(-logits.log_softmax(0)[i]), rel=1e-5)
+
+
+def test_informative_subset_skips_the_hardest_and_keeps_the_next():
+    from vlalign.curate.teacher_selection import informative_subset
+
+    losses = torch.tensor([0.1, 5.0, 2.0, 3.0, 0.5, 4.0, 1.0, 0.2, 2.5, 0.3])
+    assert informative_subset(losses, keep=0.3, skip_hardest=0.2).tolist() == [2, 3, 8]  # 5.0, 4.0 skipped
+    assert informative_subset(losses, keep=1.0).tolist() == list(range(10))
+    with pytest.raises(Exception, match="at most 1"):
+        informative_subset(losses, keep=0.9, skip_hardest=0.2)
