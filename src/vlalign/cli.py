@@ -101,8 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--drop", type=float, required=True, metavar="F", help="fraction of pairs to drop, e.g. 0.2")
     filt.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the kept shards")
     filt.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    reduce = data_sub.add_parser("reduce", help="keep a representative fraction of the pairs: k-means on a trained "
+                                 "run's embeddings, nearest to each centre (TL;DR-style data reduction)")
+    reduce.add_argument("source", metavar="SRC", help="a data spec, e.g. wds:raw/shards.json")
+    reduce.add_argument("--checkpoint", required=True, help="a trained dual-encoder run (or one of its checkpoints)")
+    reduce.add_argument("--keep", type=float, required=True, metavar="F", help="fraction of pairs to keep, e.g. 0.25")
+    reduce.add_argument("--clusters", type=int, default=100, metavar="K", help="k-means clusters (default 100)")
+    reduce.add_argument("--to", required=True, metavar="DIR", help="an empty or new folder for the kept shards")
+    reduce.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     add_use_commands(sub)
+    add_efficiency_commands(sub)
     return parser
+
+
+def add_efficiency_commands(sub) -> None:
+    """``average`` and ``resolution`` (MindVL, catalogue issue 12)."""
+    average = sub.add_parser("average", help="average a run's last K checkpoints into a new, loadable run",
+                             description="MindVL-style weight averaging: OUT gets the run's config, tokenizer and "
+                             "preprocessing and one checkpoint holding the mean of RUN's newest K checkpoints.")
+    average.add_argument("run", metavar="RUN", help="a run directory (train with train.keep_last_k >= K)")
+    average.add_argument("--last", type=int, required=True, metavar="K", help="how many of the newest checkpoints")
+    average.add_argument("--out", required=True, help="a new run directory for the averaged weights")
+
+    resolution = sub.add_parser("resolution", help="evaluate a dual-encoder run at several image sizes; pick the best",
+                                description="MindVL's test-time resolution search: score the run at each size "
+                                "(position embeddings interpolated) on --select, report --test too; prints JSON.")
+    resolution.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    resolution.add_argument("--sizes", required=True, metavar="S,S,...", help="image sizes, e.g. 24,32,40,48")
+    resolution.add_argument("--select", required=True, metavar="SPEC", help="held-out data the size is chosen on")
+    resolution.add_argument("--test", metavar="SPEC", help="data the chosen size is reported on (optional)")
+    resolution.add_argument("--task", choices=("zeroshot", "retrieval"), default="zeroshot")
 
 
 def add_use_commands(sub) -> None:
@@ -246,7 +274,9 @@ def cmd_data(args) -> int:
         return 0
     if args.data_command == "filter":
         return cmd_data_filter(args)
-    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect or filter "
+    if args.data_command == "reduce":
+        return cmd_data_reduce(args)
+    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect, filter or reduce "
                        "(see `vlalign data --help`).")
 
 
@@ -262,6 +292,20 @@ def cmd_data_filter(args) -> int:
     result = filter_source(model, build_source(args.source), args.drop, args.to, args.shard_size, progress=True)
     print(f"kept {int(result.kept.sum())} of {len(result.kept)} pairs (score >= {result.threshold:.4f}); "
           f"their data spec: wds:{result.shards.index}")
+    return 0
+
+
+def cmd_data_reduce(args) -> int:
+    from vlalign.api import Aligner, load
+    from vlalign.curate.reduction import reduce_source
+    from vlalign.data.specs import build_source
+
+    model = load(args.checkpoint)
+    if not isinstance(model, Aligner):
+        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; reduction clusters a dual "
+                           "encoder's embeddings (model.arch dual-encoder).")
+    report = reduce_source(model, build_source(args.source), args.keep, args.clusters, args.to, args.shard_size)
+    print(f"kept {report.written} pairs; their data spec: wds:{report.index}")
     return 0
 
 
@@ -300,6 +344,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from vlalign.train.averaging import average_run
+
+    out = average_run(args.run, args.last, args.out)
+    print(f"averaged the last {args.last} checkpoints of {args.run} -> {out}")
+    return 0
+
+
+def cmd_resolution(args) -> int:
+    from vlalign.api import Aligner, load
+    from vlalign.eval.resolution import resolution_search
+
+    model = load(args.checkpoint)
+    if not isinstance(model, Aligner):
+        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; the resolution search scores "
+                           "dual encoders (model.arch dual-encoder).")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise VlalignError(f"--sizes takes whole numbers separated by commas, e.g. 24,32,48; got {args.sizes!r}.") from None
+    found = resolution_search(model, sizes, args.select, args.test, args.task)
+    print(json.dumps({"task": found.task, "trained_size": found.trained_size, "best_size": found.best_size,
+                      "curve": found.curve}, indent=1))
+    return 0
+
+
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
     from vlalign.eval.report import summary_rows
 
@@ -330,7 +400,8 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
-            "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export}
+            "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export,
+            "average": cmd_average, "resolution": cmd_resolution}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,13 @@ class DataConfig:
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
     normalization: str = "auto"
+    # Catalogue issue 12 (Open-Qwen2VL; see docs/efficiency.md):
+    # > 0 (archs lm / vlm): pack each batch's examples into decoder rows of this many entries, with a
+    # block-diagonal causal mask and positions restarting per example (vlalign.models.packing); 0 = padded rows
+    pack_length: int = 0
+    # image sizes for equal consecutive parts of training, low to high, e.g. [16, 24, 32] (the last one usually
+    # data.image_size); position embeddings are resampled to each grid (vlalign.train.curriculum); [] = off
+    resolution_schedule: list[int] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -207,6 +214,16 @@ class CTPConfig:
 
 
 @dataclass(kw_only=True)
+class SALTConfig:
+    """SALT (objective "salt"): CLIP plus distillation of a small trained teacher's batch similarities, early only."""
+
+    teacher: str = ""  # a trained dual-encoder run directory (its own tokenizer and preprocessing)
+    kd_weight: float = 1.0  # w in L = L_clip + w·L_kd while distilling
+    kd_steps: int = 100  # distil for the first this many optimizer steps, then CLIP alone
+    temperature: float = 0.05  # of the teacher's similarity softmax (its soft labels)
+
+
+@dataclass(kw_only=True)
 class ObjectiveConfig:
     # "clip" (softmax InfoNCE) | "siglip" (pairwise sigmoid) | "fdt" (InfoNCE on FDT features)
     # | "supervised" (class labels) | "generative" (next-token loss on targets)
@@ -230,6 +247,7 @@ class ObjectiveConfig:
     velvet: HierarchyConfig = field(default_factory=HierarchyConfig)
     ps3: RegionConfig = field(default_factory=RegionConfig)
     ctp: CTPConfig = field(default_factory=CTPConfig)  # objective "ctp" (issue 13)
+    salt: SALTConfig = field(default_factory=SALTConfig)  # objective "salt" (catalogue issue 12)
 
 
 @dataclass(kw_only=True)
@@ -315,7 +333,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -555,8 +573,30 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_efficiency(cfg: RunConfig, source: str) -> None:
-    """Token merging, EMA and simulated low precision (catalogue issue 12)."""
+    """Token merging, EMA, simulated low precision, packing, the resolution curriculum and SALT (catalogue issue 12)."""
     vision = cfg.model.vision
+    salt = cfg.objective.salt
+    if cfg.objective.name == "salt" and not salt.teacher:
+        raise ConfigError(f"In {source}: objective.name=salt distils a trained teacher; set objective.salt.teacher "
+                          "to a dual-encoder run directory.")
+    if salt.kd_weight < 0 or salt.kd_steps < 0 or salt.temperature <= 0:
+        raise ConfigError(f"In {source}: objective.salt needs kd_weight >= 0, kd_steps >= 0 and temperature > 0; got "
+                          f"{salt.kd_weight}, {salt.kd_steps} and {salt.temperature}.")
+    if cfg.objective.name == "salt" and cfg.data.cache_dir:
+        raise ConfigError(f"In {source}: objective.name=salt feeds the teacher raw samples, which data.cache_dir "
+                          "does not keep. Leave data.cache_dir empty.")
+    if cfg.data.pack_length < 0 or cfg.data.pack_length and cfg.model.arch == "dual-encoder":
+        raise ConfigError(f"Config key 'data.pack_length' in {source} is {cfg.data.pack_length}: it packs the "
+                          "examples of a generative run (model.arch lm or vlm) and must be >= 0 (0 = off).")
+    for size in cfg.data.resolution_schedule:
+        if size <= 0 or size % vision.patch_size or size > cfg.data.image_size:
+            raise ConfigError(f"Config key 'data.resolution_schedule' in {source} has {size}: every size must be a "
+                              f"multiple of model.vision.patch_size ({vision.patch_size}) and at most "
+                              f"data.image_size ({cfg.data.image_size}).")
+    if cfg.data.resolution_schedule and (cfg.model.arch != "dual-encoder" or vision.patch_embed == "conv"):
+        raise ConfigError(f"In {source}: data.resolution_schedule changes the number of image tokens, which the "
+                          f"'{cfg.model.arch}' arch's decoder positions / the conv stem's fixed grid do not allow; "
+                          "use it with model.arch=dual-encoder and a standard or channel patch embedding.")
     if (vision.merge_r or any(vision.merge_schedule)) and cfg.model.arch != "dual-encoder":
         raise ConfigError(f"In {source}: model.vision.merge_r / merge_schedule apply to the dual encoder only; the "
                           f"'{cfg.model.arch}' arch feeds a fixed number of image tokens to its language model.")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vlalign.models.channel_sampling import MISSING, resolve_channel_ids
+from vlalign.models.positions import resample_positions
 from vlalign.models.vit import PatchTokens
 
 
@@ -45,14 +46,16 @@ class ChannelPatchEmbed(nn.Module):
         N tokens are then masked out of attention and pooling.
         """
         B, C, H, W = images.shape
-        if (H, W) != (self.image_size, self.image_size):
-            raise ValueError(f"images are {H}x{W} but this ChannelViT was built for {self.image_size}x{self.image_size}")
+        if H != W or H % self.patch_size:
+            raise ValueError(f"images are {H}x{W}; this ChannelViT reads square images whose side is a multiple of "
+                             f"its patch size {self.patch_size}")
         ids = resolve_channel_ids(images, channel_ids, self.num_channels)  # [B, C]
-        P, g, N = self.patch_size, self.grid, self.num_patches
+        P, g = self.patch_size, H // self.patch_size  # another size than trained: positions resampled
+        N = g * g
         # [B, C, H, W] -> [B, C, N, P*P]: every single-channel patch, row-major within a channel
         patches = images.reshape(B, C, g, P, g, P).permute(0, 1, 2, 4, 3, 5).reshape(B, C, N, P * P)
         channel = self.channel_embedding(ids.clamp_min(0))  # [B, C, D]
-        tokens = self.proj(patches) + channel[:, :, None] + self.pos[:, None]  # [B, C, N, D]
+        tokens = self.proj(patches) + channel[:, :, None] + resample_positions(self.pos, g)[:, None]  # [B, C, N, D]
         present = ids != MISSING  # [B, C]
         mask = None if present.all() else present[:, :, None].expand(B, C, N).reshape(B, C * N)
         return PatchTokens(tokens.reshape(B, C * N, -1), mask)  # channel-major [B, C*N, D]

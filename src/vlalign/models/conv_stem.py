@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids
+from vlalign.models.positions import resample_positions
 from vlalign.models.vit import PatchTokens
 
 
@@ -50,4 +51,4 @@ class ConvStemEmbed(nn.Module):
             images = fill_missing_channels(images, ids, self.in_channels)  # [B, in_channels, H, W]
         features = self.proj(self.convs(images))  # [B, D, H/P, W/P]
         tokens = features.flatten(2).transpose(1, 2)  # [B, N, D], row-major like PatchEmbed
-        return PatchTokens(tokens + self.pos)
+        return PatchTokens(tokens + resample_positions(self.pos, features.shape[-1]))

@@ -209,6 +209,22 @@ class CausalDecoder(nn.Module):
         attn_mask = None  # None = plain causal attention over this call's positions only
         if new_mask is not None or past_mask is not None:
             attn_mask = _attention_mask(past_mask, new_mask, batch, past_len, new_len, ids.device)
+        out = self._blocks_and_head(x, attn_mask, kv_cache)
+        if kv_cache is not None:
+            step_mask = new_mask if new_mask is not None else torch.ones(batch, new_len, dtype=torch.bool, device=ids.device)
+            kv_cache.mask = step_mask if past_mask is None else torch.cat([past_mask, step_mask], dim=1)
+        return out
+
+    def forward_packed(self, embeds: Tensor, positions: Tensor, attn_mask: Tensor) -> DecoderOutput:
+        """Run packed rows (``vlalign.models.packing``): embeds [R, S, D] (token embeddings or prefix
+        vectors, without positions), positions [R, S] restarting in every example, attn_mask [R, 1, S, S]
+        the block-diagonal causal mask. -> logits [R, S, V]."""
+        if int(positions.max()) >= self.cfg.context_length:
+            raise ValueError(f"a packed example reaches position {int(positions.max())}, beyond "
+                             f"context_length={self.cfg.context_length}")
+        return self._blocks_and_head(embeds + self.embed_positions(positions), attn_mask, None)
+
+    def _blocks_and_head(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None) -> DecoderOutput:
         hidden_states = []
         for layer, block in enumerate(self.blocks):
             hidden_states.append(x)
@@ -218,10 +234,6 @@ class CausalDecoder(nn.Module):
                 x = block(x, attn_mask, kv_cache, layer, visual_positions)
         x = self.ln_final(x)
         hidden_states.append(x)
-        if kv_cache is not None:
-            step_mask = new_mask if new_mask is not None else torch.ones(batch, new_len, dtype=torch.bool, device=ids.device)
-            kv_cache.mask = step_mask if past_mask is None else torch.cat([past_mask, step_mask], dim=1)
-
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight  # [V, D]
         return DecoderOutput(logits=F.linear(x, weight), hidden_states=tuple(hidden_states))
 

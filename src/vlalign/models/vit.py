@@ -14,6 +14,7 @@ from torch import nn
 
 from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids
 from vlalign.models.layers import Transformer, init_weights, padding_attn_mask
+from vlalign.models.positions import resample_positions
 from vlalign.models.token_merging import TokenMerging
 
 
@@ -35,6 +36,9 @@ class VisionFeatures:
 class PatchEmbed(nn.Module):
     """Standard ViT patchify: each P×P×C patch -> one token (a strided conv written as one GEMM).
 
+    Images of another size than ``image_size`` (a multiple of the patch size) get the position table
+    resampled to their grid (``vlalign.models.positions``).
+
     A channel subset (fewer columns, or MISSING ids) is zero-filled and rescaled by C/|S| first,
     the plain-ViT protocol of ChannelViT (Bao et al. 2023 §4; see ``fill_missing_channels``).
     """
@@ -55,9 +59,16 @@ class PatchEmbed(nn.Module):
             images = fill_missing_channels(images, ids, self.in_channels)  # [B, in_channels, H, W]
         B, C, H, W = images.shape
         P = self.patch_size
+        _check_square(H, W, P)
         # [B, C, H, W] -> [B, N, C*P*P], patches in row-major order
         patches = images.view(B, C, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * P * P)
-        return PatchTokens(self.proj(patches) + self.pos)
+        return PatchTokens(self.proj(patches) + resample_positions(self.pos, H // P))
+
+
+def _check_square(height: int, width: int, patch: int) -> None:
+    if height != width or height % patch:
+        raise ValueError(f"images are {height}x{width}; this tower reads square images whose side is a multiple of "
+                         f"its patch size {patch}")
 
 
 class VisionTransformer(nn.Module):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from vlalign.models.decoder import CausalDecoder
 from vlalign.models.visual_experts import visual_experts
+from vlalign.models.packing import PackedBatch, block_causal_mask, from_rows, pack, to_rows
 from vlalign.models.vit import VisionTransformer
 
 
@@ -66,6 +67,7 @@ class VLMOutput:
     image_tokens: Tensor | None  # [B, P, D] connector outputs; None when no image was given
     image_mask: Tensor | None  # [B, P] bool, True = real patch token; None when all are real
     logit_scale: Tensor | None  # [] exp of the learnable contrastive log-scale (1/τ); None without vision
+    packing: PackedBatch | None = None  # how the batch was packed into rows (``pack_length`` > 0), else None
 
 
 class VisionLanguageModel(nn.Module):
@@ -80,6 +82,9 @@ class VisionLanguageModel(nn.Module):
         self.connector = connector
         self.decoder = decoder
         self.num_image_tokens = num_image_tokens
+        # > 0: run the decoder on packed rows of this many entries (``vlalign.models.packing``); the
+        # outputs are unpacked again, so everything downstream sees the padded layout.
+        self.pack_length = 0
         # CG-VLM's contrastive temperature, learnable as in CLIP (METHODS.md §3.3).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature))) if vision is not None else None
 
@@ -103,11 +108,24 @@ class VisionLanguageModel(nn.Module):
         batch = text_ids.shape[0]
         prefix, image_mask = self.prefix(images, channel_ids, batch)
         mask = torch.cat([_real(image_mask, prefix), text_mask.bool()], dim=1)  # [B, P+L]
-        out = self.decoder(text_ids, prefix, mask, visual_positions=prefix.shape[1] if images is not None else 0)
+        token_embeds = self.decoder.embed(text_ids)  # [B, L, D]
+        packed = None
+        if self.pack_length:
+            if visual_experts(self.decoder):
+                raise ValueError("data.pack_length does not support visual experts (model.vlm.visual_experts): "
+                                 "packed rows lose the image/text position split the experts route by")
+            packed = pack(mask, self.pack_length)
+            embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)  # [B, P+L, D]
+            rows = self.decoder.forward_packed(to_rows(embeds, packed), packed.positions,
+                                               block_causal_mask(packed.segments))
+            logits = from_rows(rows.logits, packed)  # [B, P+L, V]; zeros at padding, which is never a target
+        else:
+            visual_positions = prefix.shape[1] if images is not None else 0  # Mono-InternVL routing
+            logits = self.decoder(text_ids, prefix, mask, visual_positions=visual_positions).logits
         scale = self.logit_scale.exp() if self.logit_scale is not None else None
-        return VLMOutput(logits=out.logits, prefix_len=prefix.shape[1], token_embeds=self.decoder.embed(text_ids),
+        return VLMOutput(logits=logits, prefix_len=prefix.shape[1], token_embeds=token_embeds,
                          image_tokens=prefix if images is not None else None, image_mask=image_mask,
-                         logit_scale=scale)
+                         logit_scale=scale, packing=packed)
 
     @torch.no_grad()
     def generate(self, images: Tensor | None, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,

@@ -109,13 +109,21 @@ def generative_loss(out: VLMOutput, batch: dict) -> torch.Tensor:
     return caption_loss(out.logits, targets, loss_mask)
 
 
+def packing_metrics(out: VLMOutput) -> dict[str, float]:
+    """Padding share of the decoder's rows, packed and as it would be unpacked (``data.pack_length`` > 0)."""
+    if out.packing is None:
+        return {}
+    return {"pack/padding": out.packing.padding_fraction, "pack/unpacked_padding": out.packing.unpacked_padding_fraction,
+            "pack/rows": out.packing.num_rows}
+
+
 @register("generative")
 def generative_objective(cfg: ObjectiveConfig) -> Objective:
     """LLaVA: captioning (stage 1), instruction tuning (stage 2) and text-only LM pre-training."""
 
     def objective(out: VLMOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss = generative_loss(out, batch)
-        return loss, {"loss/gen": loss.item()}
+        return loss, {"loss/gen": loss.item(), **packing_metrics(out)}
 
     return objective
 
@@ -133,7 +141,7 @@ def cgvlm_objective(cfg: ObjectiveConfig) -> Objective:
                                            batch["content_mask"], out.logit_scale, cfg.pool)
         # λ = 0 adds nothing (not even 0·L_con, which would be NaN if L_con were); L_con is still logged.
         loss = gen if cfg.contrastive_weight == 0 else gen + cfg.contrastive_weight * con
-        return loss, {"loss/gen": gen.item(), "loss/con": con.item()}
+        return loss, {"loss/gen": gen.item(), "loss/con": con.item(), **packing_metrics(out)}
 
     return objective
 
@@ -220,3 +228,4 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
 # Catalogue items 8-11 register themselves (GPT4Image, MeDSLIP, VELVET-Med, PS3).
 from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
 from vlalign.objectives import continual as _continual  # noqa: E402,F401  (CTP, issue 13)
+from vlalign.objectives import salt as _salt  # noqa: E402,F401  (catalogue issue 12)

@@ -88,9 +88,47 @@ def average_checkpoints(run_dir: str | Path, last: int) -> Path:
     it holds no optimizer state, so training never resumes from it, and pruning never removes it.
     Keep enough checkpoints while training (``train.keep_last_k`` >= K).
     """
+    root = Path(run_dir) / "checkpoints"
+    averaged, meta = _average_last(root, last)
+    return _write_weights(root / f"average-last-{last}", averaged, meta)
+
+
+def average_run(run_dir: str | Path, last: int, out: str | Path) -> Path:
+    """``vlalign average RUN --last K --out OUT``: a new run directory ``out`` whose only checkpoint,
+    ``checkpoints/step-N`` (N: the newest averaged step), holds the mean of ``run_dir``'s last ``last``
+    checkpoints -> ``out``.
+
+    ``out`` gets the run's config, tokenizer and preprocessing, so ``vlalign.load(out)``, ``vlalign eval``,
+    ``embed``, ``serve`` and ``export`` use it like any run. It holds no optimizer state: ``vlalign train``
+    refuses to resume from it (fine-tune from it with ``model.init_from`` instead).
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a vlalign run directory (no config.yaml).")
+    if out.resolve() == run_dir.resolve():
+        raise CheckpointError(f"--out {out} is the run being averaged; name a new directory.")
+    if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        raise CheckpointError(f"{out} already holds checkpoints; name a new or empty directory.")
+    averaged, meta = _average_last(run_dir / "checkpoints", last)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in run_dir.iterdir():  # config, tokenizer, preprocessing, cached descriptions: what loading reads
+        if path.is_file() and path.name not in RUN_OUTPUTS:
+            shutil.copy2(path, out / path.name)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    _write_weights(out / "checkpoints" / f"step-{meta['step']}", averaged,
+                   meta | {"averaged_from": [str(run_dir / "checkpoints" / name) for name in meta["averaged_from"]]})
+    return out
+
+
+# Files of a run that describe its training or evaluation, not the model: not copied into an averaged run.
+RUN_OUTPUTS = ("metrics.jsonl", "eval.json", "report.html")
+
+
+def _average_last(root: Path, last: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The uniform mean of the newest ``last`` checkpoints under ``root`` (float64 accumulation; integer
+    tensors are the newest one's) and the metadata of the averaged checkpoint."""
     if last < 1:
         raise CheckpointError(f"Average over at least 1 checkpoint, got {last}.")
-    root = Path(run_dir) / "checkpoints"
     found = complete_checkpoints(root)
     if len(found) < last:
         raise CheckpointError(f"{root} has {len(found)} complete checkpoints, fewer than the {last} to average. "
@@ -108,16 +146,19 @@ def average_checkpoints(run_dir: str | Path, last: int) -> Path:
         else:  # integer buffers (counters) are not averaged: the newest one is kept
             averaged[name] = newest
     meta = load_meta(chosen[-1])
-    step = meta["step"]
-    out_meta = {"format_version": meta["format_version"], "step": step, "train_state": meta["train_state"],
-                "config": meta["config"], "averaged_from": [path.name for path in chosen]}
-    final = root / f"average-last-{last}"
-    tmp = root / f"{TMP_PREFIX}{final.name}"
+    return averaged, {"format_version": meta["format_version"], "step": meta["step"],
+                      "train_state": meta["train_state"], "config": meta["config"],
+                      "averaged_from": [path.name for path in chosen]}
+
+
+def _write_weights(final: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write and commit a weights-only checkpoint directory ``final`` (atomically, as training does)."""
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write_files(tmp, averaged, None, out_meta)
-        commit(tmp, final, step)
+        write_files(tmp, tensors, None, meta)
+        commit(tmp, final, meta["step"])
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"Could not write {final}: {err.strerror or err}.") from err

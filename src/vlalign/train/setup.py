@@ -24,6 +24,7 @@ from vlalign.data.sample import Source
 from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
+from vlalign.data.teacher_view import TeacherView
 from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView, View
 from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
@@ -155,6 +156,7 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
         inherit_vpg(model, cfg.model.vlm.inherit_vpg, cfg.model.vlm.projector_init, run_dir / TOKENIZER_FILE)
     if isinstance(model, VisionLanguageModel):
         freeze(model, cfg)
+        model.pack_length = cfg.data.pack_length
     if cfg.train.precision == "nvfp4-sim":
         simulate_nvfp4(model, cfg)
     if cfg.train.grad_checkpointing:
@@ -187,6 +189,14 @@ def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ..
         return (AttributeView(tuple(cfg.model.attribute_streams)),)
     if o.name == "ps3":
         return (RegionView(cfg.train.seed),)
+    if o.name == "salt":  # the teacher embeds every batch's raw pairs (SALT, vlalign.objectives.salt)
+        from vlalign.api import Aligner, load
+
+        teacher = load(o.salt.teacher)
+        if not isinstance(teacher, Aligner):
+            raise ConfigError(f"objective.salt.teacher {o.salt.teacher} is a '{teacher.config.model.arch}' run; the "
+                              "teacher must be a dual encoder.")
+        return (TeacherView(teacher),)
     if o.name == "gpt4image":  # every distinct caption embedded once by the frozen encoder, kept with the run
         texts = sorted(set(texts_of(source)))
         return (DescriptionView(texts, cached_text_embeddings(o.gpt4image.encoder, texts,

@@ -31,6 +31,7 @@ from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
 from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
+from vlalign.train.curriculum import resize_batch, resolution_at
 from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.metrics import MetricsLog, Throughput
 from vlalign.train.optim import build_optimizer, set_implementation
@@ -90,14 +91,18 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not (progress and dist.is_main()),
                desc="train", unit="step", dynamic_ncols=True)
     batches = iter(loader)
+    measured_size = None
     with sigterm_flag() as stop_requested:
         while state.step < cfg.train.steps:
             t0 = time.perf_counter()
             batch = next(batches)
             throughput.data_wait += time.perf_counter() - t0
-            if not throughput.flops_per_sample:
+            size = resolution_at(state.step, cfg.train.steps, cfg.data.resolution_schedule)
+            batch = resize_batch(batch, size)
+            if not throughput.flops_per_sample or size != measured_size:  # a new curriculum size costs anew
                 throughput.measure_model(model, batch, forward_kwargs(objective))
                 throughput.reset()
+                measured_size = size
             if teachers is not None:  # CTP: the previous-task and momentum models' embeddings of this batch
                 teachers.annotate(batch)
             step_metrics = train_step(model, objective, optimizer, batch, state, cfg, strategy, dtype)
@@ -114,7 +119,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                     metrics.write({"step": state.step, **step_metrics, **throughput.record(),
                                    "samples_seen": state.samples_seen, "epoch": loader.epoch,
                                    "data/skipped": int(dist.all_reduce_sum(loader.skips.skipped)),
-                                   "skipped_steps": state.skipped_steps})
+                                   "skipped_steps": state.skipped_steps, **({"image_size": size} if size else {})})
             periodic = step_metrics is not None and (
                 state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps)
             if periodic or stopping:
