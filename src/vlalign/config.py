@@ -102,6 +102,11 @@ class VLMConfig:
     # Top-level modules whose weights stay fixed: "vision", "connector", "decoder".
     # The default is LLaVA stage 1 (alignment): only the connector trains.
     freeze: list[str] = field(default_factory=lambda: ["vision", "decoder"])
+    # Florence-VL depth-breadth fusion (vlalign.models.depth_breadth): the connector reads the tokens of these
+    # ViT blocks (-1 = last) for each of these views ("identity", "hflip", "vflip"), concatenated per patch.
+    # Both [] = the last layer's tokens only (LLaVA); one list [] = its default ([-1] or [identity]).
+    feature_depths: list[int] = field(default_factory=list)
+    feature_views: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -539,6 +544,16 @@ def _validate_arch(cfg: RunConfig, source: str) -> None:
     if unknown:
         raise ConfigError(f"Config key 'model.vlm.freeze' in {source} names '{unknown[0]}'; "
                           f"freezable modules are: {', '.join(FREEZABLE_MODULES)}.")
+    v = cfg.model.vlm
+    from vlalign.models.depth_breadth import VIEWS
+    from vlalign.models.registry import vision_size
+    depth = vision_size(cfg.model.vision.size).depth
+    if any(not -depth <= d < depth for d in v.feature_depths) or len(set(v.feature_depths)) != len(v.feature_depths):
+        raise ConfigError(f"Config key 'model.vlm.feature_depths' in {source} is {v.feature_depths}: name distinct "
+                          f"blocks of the {depth}-block {cfg.model.vision.size} tower, in [{-depth}, {depth - 1}].")
+    if any(view not in VIEWS for view in v.feature_views) or len(set(v.feature_views)) != len(v.feature_views):
+        raise ConfigError(f"Config key 'model.vlm.feature_views' in {source} is {v.feature_views}: name distinct "
+                          f"views from {', '.join(VIEWS)}.")
     if cfg.objective.contrastive_weight < 0:
         raise ConfigError(f"Config key 'objective.contrastive_weight' in {source} must be >= 0, "
                           f"got {cfg.objective.contrastive_weight}.")
