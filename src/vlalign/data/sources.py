@@ -119,3 +119,39 @@ def edges_source(argument: str) -> Source:
     from vlalign.data.specs import build_source
 
     return EdgeMaps(build_source(argument))
+
+
+# Catalogue issue 14 (SurgLaVi, SAIL-VL, VILA-M3): wrappers written NAME:OPTIONS:SPEC, the inner spec last.
+def _options_and_spec(name: str, argument: str, example: str) -> tuple[str, str]:
+    options, sep, inner = argument.partition(":")
+    if not sep or not inner:
+        raise DataError(f"Data spec '{name}:{argument}': expected {example}.")
+    return options, inner
+
+
+@register_source("corrupt", "corrupt:image=0.2,text=0.2[,seed=0]:SPEC  (noise images and garbled captions, SurgLaVi)")
+def corrupt_source(argument: str) -> Source:
+    from vlalign.data.corruption import CorruptedPairs
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("corrupt", argument, "corrupt:image=0.2,text=0.2:SPEC")
+    kv = parse_kv(options, {"image": float, "text": float, "seed": int}, f"corrupt:{argument}")
+    return CorruptedPairs(build_source(inner), kv.get("image", 0.0), kv.get("text", 0.0), kv.get("seed", 0))
+
+
+@register_source("dualfilter", "dualfilter:max_z=3:SPEC  (pairs whose image and caption both pass a quality score)")
+def dualfilter_source(argument: str) -> Source:
+    from vlalign.curate.dual_filter import DualFiltered
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("dualfilter", argument, "dualfilter:max_z=3:SPEC")
+    return DualFiltered(build_source(inner), parse_kv(options, {"max_z": float}, f"dualfilter:{argument}").get("max_z", 3.0))
+
+
+@register_source("levels", "levels:scene|object|attribute:SPEC  (shapes captions at one level of detail)")
+def levels_source(argument: str) -> Source:
+    from vlalign.data.hierarchy import LevelCaptions
+    from vlalign.data.specs import build_source
+
+    level, inner = _options_and_spec("levels", argument, "levels:scene:SPEC")
+    return LevelCaptions(build_source(inner), level)
