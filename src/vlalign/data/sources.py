@@ -155,3 +155,21 @@ def levels_source(argument: str) -> Source:
 
     level, inner = _options_and_spec("levels", argument, "levels:scene:SPEC")
     return LevelCaptions(build_source(inner), level)
+
+
+@register_source("curriculum", "curriculum:samples=N,start=0,end=1,top=0.5[,score=dual|FILE][,seed=0]:SPEC  "
+                 "(SAIL-VL quality curriculum; data.order=sequential)")
+def curriculum_source(argument: str) -> Source:
+    from vlalign.data.curriculum import QualityCurriculum, dual_quality, load_scores
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("curriculum", argument, "curriculum:samples=19200:SPEC")
+    kv = parse_kv(options, {"samples": int, "start": float, "end": float, "top": float, "score": str, "seed": int},
+                  f"curriculum:{argument}")
+    if "samples" not in kv:
+        raise DataError(f"Data spec 'curriculum:{argument}': give samples=N, the run's steps x batch size.")
+    source = build_source(inner)
+    score = kv.get("score", "dual")
+    scores = dual_quality(source) if score == "dual" else load_scores(score, len(source))
+    return QualityCurriculum(source, scores, kv["samples"], kv.get("start", 0.0), kv.get("end", 1.0),
+                             kv.get("top", 0.5), kv.get("seed", 0))
