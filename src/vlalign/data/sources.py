@@ -173,3 +173,13 @@ def curriculum_source(argument: str) -> Source:
     scores = dual_quality(source) if score == "dual" else load_scores(score, len(source))
     return QualityCurriculum(source, scores, kv["samples"], kv.get("start", 0.0), kv.get("end", 1.0),
                              kv.get("top", 0.5), kv.get("seed", 0))
+
+
+@register_source("expert", "expert:oracle|EXPERT.safetensors:SPEC  (an expert model's report before each question, "
+                 "VILA-M3)")
+def expert_source(argument: str) -> Source:
+    from vlalign.data.expert_context import ExpertContext, expert_reporter
+    from vlalign.data.specs import build_source
+
+    name, inner = _options_and_spec("expert", argument, "expert:oracle:SPEC")
+    return ExpertContext(build_source(inner), expert_reporter(name), name)
