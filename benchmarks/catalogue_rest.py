@@ -96,7 +96,6 @@ def stage1_run(work: Path, seed: int, overrides: list[str], out: Path) -> Path:
 
 
 def florence(work: Path, seeds: list[int]) -> dict:
-    runs = shared_runs(work)
     generative = [f"data.eval={QA_EVAL}", "eval.tasks=[]"]
     rows = {}
     for arm, overrides in FLORENCE_ARMS.items():

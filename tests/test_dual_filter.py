@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vlalign.curate.dual_filter import dual_filter, image_quality, robust_z, text_quality
+from vlalign.curate.dual_filter import (
+    dual_filter,
+    image_quality,
+    robust_z,
+    text_quality,
+)
 from vlalign.data.corruption import CorruptedPairs, garble
 from vlalign.data.hierarchy import LevelCaptions, object_caption, scene_caption
 from vlalign.data.shapes import Scene, ShapeObject, ShapesWorld

@@ -3,12 +3,24 @@
 import pytest
 import torch
 
-from vlalign.data.expert_context import ExpertContext, expert_reporter, load_expert, save_expert, with_report
+from vlalign.data.expert_context import (
+    ExpertContext,
+    expert_reporter,
+    load_expert,
+    save_expert,
+    with_report,
+)
 from vlalign.data.shapes import Scene, ShapeObject, ShapesConfig, ShapesWorld
 from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.specs import build_source
 from vlalign.errors import DataError
-from vlalign.models.cell_expert import cell_crops, cell_targets, oracle_report, to_unit, train_cell_expert
+from vlalign.models.cell_expert import (
+    cell_crops,
+    cell_targets,
+    oracle_report,
+    to_unit,
+    train_cell_expert,
+)
 
 
 def test_cell_crops_follow_the_row_major_grid():

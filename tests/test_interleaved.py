@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from vlalign.data.interleaved import document_batch, interleave_rows
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
 from vlalign.models.interleaved import InterleavedLM
-from vlalign.objectives.interleaved import InterleavedLossConfig, interleaved_loss, regression_targets
+from vlalign.objectives.interleaved import (
+    InterleavedLossConfig,
+    interleaved_loss,
+    regression_targets,
+)
 from vlalign.train.interleaved import fit_interleaved
 
 SPECIALS = {"pad": 0, "bos": 1, "eos": 2, "image": 15}

@@ -4,7 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlalign.eval.probability_fusion import MultiHeadProbabilityFusion, pairwise_compound, zero_shot_probabilities
+from vlalign.eval.probability_fusion import (
+    MultiHeadProbabilityFusion,
+    pairwise_compound,
+    zero_shot_probabilities,
+)
 
 
 def test_pairwise_compound_is_the_product_of_the_parts_row_major():

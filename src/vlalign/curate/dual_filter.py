@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -48,14 +49,14 @@ def _words(caption: str) -> list[str]:
 def text_quality(captions: list[str]) -> torch.Tensor:
     """[N] mean log p(w_t | w_{t-1}) of each caption under add-one bigrams of the other captions."""
     sentences = [_words(c) for c in captions]
-    bigrams = Counter(pair for words in sentences for pair in zip(words, words[1:]))
+    bigrams = Counter(pair for words in sentences for pair in pairwise(words))
     unigrams = Counter(word for words in sentences for word in words[:-1])
     vocab = len({w for words in sentences for w in words})
     scores = []
     for words in sentences:
-        own_bigrams, own_unigrams = Counter(zip(words, words[1:])), Counter(words[:-1])
+        own_bigrams, own_unigrams = Counter(pairwise(words)), Counter(words[:-1])
         logp = [math.log((bigrams[pair] - own_bigrams[pair] + 1) / (unigrams[pair[0]] - own_unigrams[pair[0]] + vocab))
-                for pair in zip(words, words[1:])]
+                for pair in pairwise(words)]
         scores.append(sum(logp) / len(logp))
     return torch.tensor(scores)
 

@@ -11,8 +11,8 @@ Data spec: ``expert:oracle|FILE.safetensors:SPEC``, e.g. ``expert:runs/expert.sa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from safetensors.torch import load_file, save_file
 
