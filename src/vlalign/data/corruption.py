@@ -42,6 +42,8 @@ class CorruptedPairs:
         if not (0 <= image_fraction <= 1 and 0 <= text_fraction <= 1 and image_fraction + text_fraction <= 1):
             raise DataError(f"Corruption fractions image={image_fraction}, text={text_fraction} must each be in "
                             "[0, 1] and sum to at most 1 (a pair is broken on one side only).")
+        if seed < 0:
+            raise DataError(f"Corruption seed={seed} must be >= 0.")
         self.source, self.seed = source, seed
         self.name = f"corrupt:image={image_fraction:g},text={text_fraction:g},seed={seed}:{source.name}"
         self.classes, self.channel_names = source.classes, source.channel_names

@@ -53,6 +53,8 @@ class QualityCurriculum:
                  top: float = 0.5, seed: int = 0):
         if not (0 <= start <= 1 and 0 <= end <= 1 and 0 < top <= 1):
             raise DataError(f"Curriculum start={start}, end={end} must be in [0, 1] and top={top} in (0, 1].")
+        if seed < 0:
+            raise DataError(f"Curriculum seed={seed} must be >= 0.")
         if num_samples < 1 or len(scores) != len(source):
             raise DataError(f"A curriculum needs samples >= 1 (got {num_samples}) and one score per sample "
                             f"({len(scores)} scores for {len(source)} samples).")

@@ -54,7 +54,10 @@ def load_expert(path: str | Path) -> CellExpert:
         raise DataError(f"Expert model {path} does not exist; train one with vlalign.models.cell_expert."
                         "train_cell_expert and save it with vlalign.data.expert_context.save_expert.")
     expert = CellExpert()
-    expert.load_state_dict(load_file(str(path)))
+    try:
+        expert.load_state_dict(load_file(str(path)))
+    except Exception as err:  # not a safetensors file, or not a CellExpert's weights
+        raise DataError(f"Expert model {path} is not a saved CellExpert ({type(err).__name__}: {err}).") from None
     return expert.eval()
 
 
