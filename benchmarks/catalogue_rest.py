@@ -565,8 +565,7 @@ def vlgpt_md(data: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 SECTIONS = {"florence": (florence, florence_md), "vlgpt": (vlgpt, vlgpt_md), "ras": (ras, ras_md),
-            "surglavi": (surglavi, surglavi_md), "sail": (sail, sail_md),
-            "vilam3": (vilam3, vilam3_md)}
+            "vilam3": (vilam3, vilam3_md), "surglavi": (surglavi, surglavi_md), "sail": (sail, sail_md)}
 
 
 def write_markdown(results: dict) -> None:
