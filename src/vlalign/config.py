@@ -35,6 +35,7 @@ class DataConfig:
     cache_dir: str = ""  # if set: decode 8-bit images once at image_size into a memory-mapped cache here
     # "exact": order is a function of (seed, epoch, rank, position), resume continues with the next sample;
     # "resampled": random batches without epochs from one long-lived worker pool, resume starts a fresh stream
+    # "sequential": positions in index order every epoch, for a source that orders itself (curriculum:...)
     order: str = "exact"
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
@@ -120,6 +121,11 @@ class VLMConfig:
     # Mono-InternVL: a trainable visual FFN expert beside every block's FFN; image positions use it, text
     # positions the original. "decoder" in freeze fixes the language weights only; "visual_experts" fixes them.
     visual_experts: bool = False
+    # Florence-VL depth-breadth fusion (vlalign.models.depth_breadth): the connector reads the tokens of these
+    # ViT blocks (-1 = last) for each of these views ("identity", "hflip", "vflip"), concatenated per patch.
+    # Both [] = the last layer's tokens only (LLaVA); one list [] = its default ([-1] or [identity]).
+    feature_depths: list[int] = field(default_factory=list)
+    feature_views: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -319,7 +325,7 @@ class RunConfig:
 
 # Choices checked at load time, so a typo fails before any work is done.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.order": ("exact", "resampled"),
+    "data.order": ("exact", "resampled", "sequential"),
     "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel", "conv"),
     "model.arch": ("dual-encoder", "lm", "vlm"),
@@ -425,6 +431,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     _validate_catalogue_more(cfg, source)
     _validate_efficiency(cfg, source)
     _validate_continual(cfg, source)
+    _validate_catalogue_rest(cfg, source)
     return cfg
 
 
@@ -606,6 +613,24 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
     if cfg.train.nvfp4_keep_first < 0 or cfg.train.nvfp4_keep_last < 0:
         raise ConfigError(f"In {source}: train.nvfp4_keep_first and train.nvfp4_keep_last count blocks kept in "
                           "high precision and must be >= 0.")
+
+
+def _validate_catalogue_rest(cfg: RunConfig, source: str) -> None:
+    """Florence-VL depth-breadth features and SAIL-VL's quality curriculum (catalogue issue 14)."""
+    from vlalign.models.depth_breadth import VIEWS
+    from vlalign.models.registry import vision_size
+
+    if cfg.data.train.startswith("curriculum:") and cfg.data.order != "sequential":
+        raise ConfigError(f"In {source}: data.train is a quality curriculum, whose order is its schedule; "
+                          f"data.order '{cfg.data.order}' would shuffle it. Set data.order=sequential.")
+    v = cfg.model.vlm
+    depth = vision_size(cfg.model.vision.size).depth
+    if any(not -depth <= d < depth for d in v.feature_depths) or len(set(v.feature_depths)) != len(v.feature_depths):
+        raise ConfigError(f"Config key 'model.vlm.feature_depths' in {source} is {v.feature_depths}: name distinct "
+                          f"blocks of the {depth}-block {cfg.model.vision.size} tower, in [{-depth}, {depth - 1}].")
+    if any(view not in VIEWS for view in v.feature_views) or len(set(v.feature_views)) != len(v.feature_views):
+        raise ConfigError(f"Config key 'model.vlm.feature_views' in {source} is {v.feature_views}: name distinct "
+                          f"views from {', '.join(VIEWS)}.")
 
 
 def _validate_arch(cfg: RunConfig, source: str) -> None:

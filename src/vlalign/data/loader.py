@@ -179,7 +179,9 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
     }
 
 
-ORDERS = ("exact", "resampled")
+# "sequential": as exact, but every epoch reads the source in index order, for sources that order their samples
+# themselves (the quality curriculum of vlalign.data.curriculum)
+ORDERS = ("exact", "resampled", "sequential")
 
 
 class Loader:
@@ -224,7 +226,7 @@ class Loader:
         return self.epoch * self.batches_per_epoch + self.next_batch
 
     def __iter__(self) -> Iterator[dict]:
-        batches = self._exact_batches() if self.order == "exact" else self._resampled_batches()
+        batches = self._resampled_batches() if self.order == "resampled" else self._exact_batches()
         for batch in batches:
             self.skips.add(batch["n_seen"], batch["skipped"])
             self.skips.check(self.max_skip_fraction)
@@ -234,7 +236,10 @@ class Loader:
 
     def _exact_batches(self) -> Iterator[dict]:
         while True:
-            order = epoch_order(len(self.source), self.seed, self.epoch, self.rank, self.world)
+            if self.order == "sequential":
+                order = torch.arange(len(self.source))[self.rank :: self.world]
+            else:
+                order = epoch_order(len(self.source), self.seed, self.epoch, self.rank, self.world)
             batches = order[: self.batches_per_epoch * self.batch_size].view(-1, self.batch_size)  # [batches, B]
             # Its own generator: creating a DataLoader iterator draws a seed, and from the global RNG
             # that draw would differ between a resumed run and an uninterrupted one.

@@ -131,3 +131,67 @@ def shapes_domain_source(argument: str) -> Source:
         return parse_domain_spec(args)
     except ValueError as err:
         raise DataError(f"Data spec 'shapes-domain:{argument}': {err}") from None
+
+
+# Catalogue issue 14 (SurgLaVi, SAIL-VL, VILA-M3): wrappers written NAME:OPTIONS:SPEC, the inner spec last.
+def _options_and_spec(name: str, argument: str, example: str) -> tuple[str, str]:
+    options, sep, inner = argument.partition(":")
+    if not sep or not inner:
+        raise DataError(f"Data spec '{name}:{argument}': expected {example}.")
+    return options, inner
+
+
+@register_source("corrupt", "corrupt:image=0.2,text=0.2[,seed=0]:SPEC  (noise images and garbled captions, SurgLaVi)")
+def corrupt_source(argument: str) -> Source:
+    from vlalign.data.corruption import CorruptedPairs
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("corrupt", argument, "corrupt:image=0.2,text=0.2:SPEC")
+    kv = parse_kv(options, {"image": float, "text": float, "seed": int}, f"corrupt:{argument}")
+    return CorruptedPairs(build_source(inner), kv.get("image", 0.0), kv.get("text", 0.0), kv.get("seed", 0))
+
+
+@register_source("dualfilter", "dualfilter:max_z=3:SPEC  (pairs whose image and caption both pass a quality score)")
+def dualfilter_source(argument: str) -> Source:
+    from vlalign.curate.dual_filter import DualFiltered
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("dualfilter", argument, "dualfilter:max_z=3:SPEC")
+    return DualFiltered(build_source(inner), parse_kv(options, {"max_z": float}, f"dualfilter:{argument}").get("max_z", 3.0))
+
+
+@register_source("levels", "levels:scene|object|attribute:SPEC  (shapes captions at one level of detail)")
+def levels_source(argument: str) -> Source:
+    from vlalign.data.hierarchy import LevelCaptions
+    from vlalign.data.specs import build_source
+
+    level, inner = _options_and_spec("levels", argument, "levels:scene:SPEC")
+    return LevelCaptions(build_source(inner), level)
+
+
+@register_source("curriculum", "curriculum:samples=N,start=0,end=1,top=0.5[,score=dual|FILE][,seed=0]:SPEC  "
+                 "(SAIL-VL quality curriculum; data.order=sequential)")
+def curriculum_source(argument: str) -> Source:
+    from vlalign.data.curriculum import QualityCurriculum, dual_quality, load_scores
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("curriculum", argument, "curriculum:samples=19200:SPEC")
+    kv = parse_kv(options, {"samples": int, "start": float, "end": float, "top": float, "score": str, "seed": int},
+                  f"curriculum:{argument}")
+    if "samples" not in kv:
+        raise DataError(f"Data spec 'curriculum:{argument}': give samples=N, the run's steps x batch size.")
+    source = build_source(inner)
+    score = kv.get("score", "dual")
+    scores = dual_quality(source) if score == "dual" else load_scores(score, len(source))
+    return QualityCurriculum(source, scores, kv["samples"], kv.get("start", 0.0), kv.get("end", 1.0),
+                             kv.get("top", 0.5), kv.get("seed", 0))
+
+
+@register_source("expert", "expert:oracle|EXPERT.safetensors:SPEC  (an expert model's report before each question, "
+                 "VILA-M3)")
+def expert_source(argument: str) -> Source:
+    from vlalign.data.expert_context import ExpertContext, expert_reporter
+    from vlalign.data.specs import build_source
+
+    name, inner = _options_and_spec("expert", argument, "expert:oracle:SPEC")
+    return ExpertContext(build_source(inner), expert_reporter(name), name)

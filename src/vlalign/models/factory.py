@@ -9,6 +9,7 @@ from vlalign.errors import ConfigError
 from vlalign.models.adapters import apply_adapter
 from vlalign.models.cross_modal import CrossModal, MaskedTokenHead, MatchingHead
 from vlalign.models.decoder import CausalDecoder, DecoderConfig
+from vlalign.models.depth_breadth import DepthBreadthFeatures
 from vlalign.models.dual_encoder import DualEncoder, FDTHead, PooledProjection, TokenProjection
 from vlalign.models.fdt import FDTCodebook, FDTGrounding
 from vlalign.models.fusion import FiberFusion
@@ -85,8 +86,12 @@ def build_vlm(cfg: ModelConfig, image_size: int, vocab_size: int, context_length
         add_visual_experts(decoder)
     vision = build_vision(cfg, image_size)
     hidden = {"hidden": cfg.vlm.connector_width} if cfg.vlm.connector == "mlp" else {}
-    connector = CONNECTORS[cfg.vlm.connector](vision.width, size.width, **hidden)
-    return VisionLanguageModel(decoder, prefix, vision, connector, cfg.init_temperature)
+    features = None
+    if cfg.vlm.feature_depths or cfg.vlm.feature_views:  # Florence-VL depth-breadth fusion
+        features = DepthBreadthFeatures(cfg.vlm.feature_depths or [-1], cfg.vlm.feature_views or ["identity"])
+    width = vision.width * (features.multiplier() if features is not None else 1)
+    connector = CONNECTORS[cfg.vlm.connector](width, size.width, **hidden)
+    return VisionLanguageModel(decoder, prefix, vision, connector, cfg.init_temperature, features)
 
 
 def build_heads(cfg: ModelConfig, vision_width: int, text_width: int) -> tuple[nn.Module, nn.Module]:

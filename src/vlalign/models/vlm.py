@@ -71,10 +71,13 @@ class VLMOutput:
 
 
 class VisionLanguageModel(nn.Module):
-    """``[connector(ViT(image).tokens), text] -> causal LM``; ``vision``/``connector`` None = text-only LM."""
+    """``[connector(ViT(image).tokens), text] -> causal LM``; ``vision``/``connector`` None = text-only LM.
+    ``features`` (optional) replaces the last-layer tokens the connector reads (``features(vision, images,
+    channel_ids) -> (tokens, mask)``)."""
 
     def __init__(self, decoder: CausalDecoder, num_image_tokens: int, vision: VisionTransformer | None = None,
-                 connector: nn.Module | None = None, init_temperature: float = 0.07):
+                 connector: nn.Module | None = None, init_temperature: float = 0.07,
+                 features: nn.Module | None = None):
         super().__init__()
         if (vision is None) != (connector is None):
             raise ValueError("give both a vision tower and a connector, or neither (a text-only language model)")
@@ -85,6 +88,9 @@ class VisionLanguageModel(nn.Module):
         # > 0: run the decoder on packed rows of this many entries (``vlalign.models.packing``); the
         # outputs are unpacked again, so everything downstream sees the padded layout.
         self.pack_length = 0
+        # What the connector reads: the last layer's tokens (None), or e.g. Florence-VL's depth-breadth
+        # fusion of several layers and views (``vlalign.models.depth_breadth``).
+        self.features = features
         # CG-VLM's contrastive temperature, learnable as in CLIP (METHODS.md §3.3).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature))) if vision is not None else None
 
@@ -92,6 +98,9 @@ class VisionLanguageModel(nn.Module):
         """[B, C, H, W] pixels -> projected patch tokens [B, P, D] and their mask [B, P] (or None)."""
         if self.vision is None:
             raise ValueError("this model is a text-only language model (arch 'lm'): it takes no images")
+        if self.features is not None:
+            tokens, mask = self.features(self.vision, images, channel_ids)  # [B, P, D·k]
+            return self.connector(tokens), mask
         features = self.vision(images, channel_ids)
         return self.connector(features.tokens), features.mask
 
