@@ -283,7 +283,7 @@ def active_prompt_learning(model: Aligner, rounds: int, budget: int, seeds: int,
 
 def write(result: dict) -> None:
     rows, base = result["rows"], result["base"]
-    full = next(r for r in rows if r["arm"] == "full-ft")
+    full = next((r for r in rows if r["arm"] == "full-ft"), None)
     arms = {a.name: a for a in ARMS}
     lines = [
         "# Catalogue adaptation (issue 13): adapters, dynamic-rank LoRA, merging, active prompt learning",
@@ -318,11 +318,22 @@ def write(result: dict) -> None:
                      f"{r['shapes']:.3f} | {r['train_seconds']:.0f} | {'; '.join(notes)} |")
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
-        shown = (f"fashion {r['fashion']:.3f} vs full fine-tuning {full['fashion']:.3f} "
-                 f"({r['fashion'] - full['fashion']:+.3f}) with {100 * r['share']:.1f}% of the parameters trainable; "
-                 f"shapes kept {r['shapes']:.3f} (full-ft {full['shapes']:.3f})")
-        lines.append(f"| {r['arm']} | {arms[r['arm']].claim} | {'reference' if r is full else shown} |")
-    lines += ["", "## Merging and instruction residuals", "",
+        shown = "reference" if r is full or full is None else (
+            f"fashion {r['fashion']:.3f} vs full fine-tuning {full['fashion']:.3f} ({r['fashion'] - full['fashion']:+.3f}) "
+            f"with {100 * r['share']:.1f}% of the parameters trainable; shapes kept {r['shapes']:.3f} (full-ft "
+            f"{full['shapes']:.3f})")
+        lines.append(f"| {r['arm']} | {arms[r['arm']].claim} | {shown} |")
+    if result.get("merging"):
+        lines += merging_section(result, base, full)
+    if result.get("active"):
+        lines += active_section(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "catalogue_adaptation.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "catalogue_adaptation.json").write_text(json.dumps(result, indent=1))
+
+
+def merging_section(result: dict, base: dict, full: dict) -> list[str]:
+    lines = ["", "## Merging and instruction residuals", "",
               ("Interpolation (1-α)·base + α·full-ft (`vlalign merge base full-ft --alpha α`), and the fine-tune's "
                "change added to a base that trained further on shapes (`--onto`). Claim (VL adaptation & safety "
                "study, no numbers): interpolating weights trades between the two models' abilities without "
@@ -331,8 +342,12 @@ def write(result: dict) -> None:
               f"| base (α=0) | {base['fashion']:.3f} | {base['shapes']:.3f} |"]
     lines += [f"| {r['arm']} | {r['fashion']:.3f} | {r['shapes']:.3f} |" for r in result["merging"]]
     lines.append(f"| full-ft (α=1) | {full['fashion']:.3f} | {full['shapes']:.3f} |")
+    return lines
+
+
+def active_section(result: dict) -> list[str]:
     apl = result["active"]
-    lines += ["", "## Active prompt learning (PCB)", "",
+    lines = ["", "## Active prompt learning (PCB)", "",
               (f"CoOp context ({result['context_vectors']} vectors, initialised from \"a photo of the\", so the "
                f"start is the zero-shot classifier) on the frozen `{result['active_model']}` model; the labels come "
                f"from a long-tailed pool of Fashion-MNIST training images (class k has {apl['pool_sizes'][0]}·0.6^k: "
@@ -348,9 +363,7 @@ def write(result: dict) -> None:
                                              for s in STRATEGIES) + " |")
     lines.append("| classes covered at the end | " + " | ".join(f"{apl['classes_covered'][s]:.1f} / 10"
                                                               for s in STRATEGIES) + " |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "catalogue_adaptation.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "catalogue_adaptation.json").write_text(json.dumps(result, indent=1))
+    return lines
 
 
 def main() -> None:
@@ -375,21 +388,25 @@ def main() -> None:
     seconds = train(work / "base", [f"data.train={SHAPES}"], args.base_steps)
     base = {"train_seconds": round(seconds, 1), **accuracies(load(work / "base"), args.eval_n)}
     print("base", base, flush=True)
-    rows = []
+    result = {"command": "python benchmarks/catalogue_adaptation.py", "base_steps": args.base_steps,
+              "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "base": base, "rows": []}
+
+    def save() -> None:  # after every stage, so that a stopped run leaves its finished rows
+        write(result | {"wall_seconds": time.perf_counter() - start, "loadavg_end": loadavg()})
+
     for arm in (a for a in ARMS if a.name in args.arms):
-        rows.append(run_arm(arm, work, args.steps, args.eval_n))
-        print(rows[-1], flush=True)
-    merging = merging_rows(work, args.steps, args.eval_n) if "full-ft" in args.arms else []
-    print(merging, flush=True)
+        result["rows"].append(run_arm(arm, work, args.steps, args.eval_n))
+        print(result["rows"][-1], flush=True)
+        save()
+    if "full-ft" in args.arms:
+        result["merging"] = merging_rows(work, args.steps, args.eval_n)
+        save()
     active_model = load(work / args.active_model)
     context = PromptContext.from_text(active_model.model, active_model.tokenizer, "a photo of the")
-    active = active_prompt_learning(active_model, rounds=4, budget=10, seeds=3, pool_n=600, test_n=args.eval_n,
-                                    steps=50)
-    result = {"command": "python benchmarks/catalogue_adaptation.py", "wall_seconds": time.perf_counter() - start,
-              "base_steps": args.base_steps, "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE,
-              "base": base, "rows": rows, "merging": merging, "active": active, "active_model": args.active_model,
-              "context_vectors": context.context.shape[0], "loadavg_end": loadavg()}
-    write(result)
+    result["active"] = active_prompt_learning(active_model, rounds=4, budget=10, seeds=3, pool_n=600,
+                                              test_n=args.eval_n, steps=50)
+    result |= {"active_model": args.active_model, "context_vectors": context.context.shape[0]}
+    save()
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)  # the runs are reproducible; the results files stay
 
