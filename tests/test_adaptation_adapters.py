@@ -199,3 +199,13 @@ def test_adapted_model_starts_from_an_unadapted_run(tmp_path, kind):
     with torch.no_grad():  # adapters start as the identity: the adapted model computes the run's function
         torch.testing.assert_close(adapted(images, ids, mask).image_embeds, plain(images, ids, mask).image_embeds)
         torch.testing.assert_close(adapted(images, ids, mask).text_embeds, plain(images, ids, mask).text_embeds)
+
+
+def test_token_embeddings_can_train_with_the_adapters():
+    model, _ = _model("model.adapter.kind=bottleneck", "model.adapter.train_token_embeddings=true")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "text.token_embedding.weight" in trainable
+    assert not any(n.startswith(("text.", "vision.")) and ".down." not in n and ".up." not in n
+                   for n in trainable - {"text.token_embedding.weight"})
+    plain, _ = _model("model.adapter.kind=bottleneck")
+    assert not plain.text.token_embedding.weight.requires_grad

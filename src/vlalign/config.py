@@ -83,6 +83,8 @@ class AdapterConfig:
     share: bool = False
     gate: str = "none"  # VL-PET gate on each adapter's output: "none" | "module" | "head" | "element"
     sparsity: float = 0.0  # rank-lora: L1 weight on the per-rank importance (Dynamic Rank-Selective LoRA)
+    # the adapted text tower's token embeddings train too: a task whose words the base never read needs them
+    train_token_embeddings: bool = False
 
 
 @dataclass(kw_only=True)

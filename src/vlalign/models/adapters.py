@@ -19,6 +19,8 @@ mixture-of-modality adapters, with an optional VL-PET gate on their outputs.
 
 ``model.adapter.share`` (bottleneck, mma): block i of the vision and of the text tower use one adapter
 (VL-Adapter's weight sharing: one set of adapter weights serves several inputs and tasks).
+``model.adapter.train_token_embeddings``: the text tower's token embeddings train as well (the words of a new
+task that the base never read have untrained embeddings, which no adapter after them can tell apart).
 ``model.adapter.gate`` (VL-PET, ``vlalign.models.granularity_gate``): a learned gate on every adapter's
 output, one value per module, per head or per element; folded into the weights when LoRA is merged.
 
@@ -85,7 +87,8 @@ def apply_adapter(model: nn.Module, cfg) -> nn.Module:
         raise ConfigError(f"model.adapter.kind '{cfg.kind}' is not one of: {', '.join(KINDS)}.")
     for tower in cfg.towers:  # base weights of adapted towers are frozen; adapter weights train
         for name, param in getattr(model, tower).named_parameters():
-            param.requires_grad = is_adapter_parameter(name)
+            param.requires_grad = is_adapter_parameter(name) or (cfg.train_token_embeddings
+                                                                 and name.startswith("token_embedding."))
     return model
 
 
