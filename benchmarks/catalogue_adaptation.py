@@ -74,19 +74,23 @@ ARMS = (
     Arm("bottleneck", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8"),
         "VL-Adapter (Sung et al. 2022): bottleneck adapters with 4.18% of the parameters match full fine-tuning on "
         "image-text tasks (3.39% on video-text)."),
-    Arm("bottleneck-shared", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8", "model.adapter.share=true"),
+    Arm("bottleneck-shared", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8",
+         "model.adapter.share=true"),
         "VL-Adapter: one set of adapter weights shared (here by the two towers) loses little against separate ones."),
-    Arm("bottleneck-gate-module", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8", "model.adapter.gate=module"),
+    Arm("bottleneck-gate-module", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8",
+         "model.adapter.gate=module"),
         "VL-PET (Hu et al. 2023): granularity-controlled modulation of the PET module's output; VL-PET-large beats "
         "VL-Adapter by 2.92% (BART-base) / 3.41% (T5-base) and LoRA by 3.37% / 7.03% on image-text tasks."),
-    Arm("bottleneck-gate-head", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8", "model.adapter.gate=head"),
+    Arm("bottleneck-gate-head", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8",
+         "model.adapter.gate=head"),
         "VL-PET, head-wise granularity (\"middle\")."),
     Arm("bottleneck-gate-element", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8",
                                     "model.adapter.gate=element"),
         "VL-PET, element-wise granularity (\"large\")."),
     Arm("lora", (NEW_WORDS, "model.adapter.kind=lora", "model.adapter.rank=8"),
         "LoRA (Hu et al. 2021) on attn.qkv and attn.proj through peft: the PET baseline VL-PET improves on."),
-    Arm("lora-gate-element", (NEW_WORDS, "model.adapter.kind=lora", "model.adapter.rank=8", "model.adapter.gate=element"),
+    Arm("lora-gate-element", (NEW_WORDS, "model.adapter.kind=lora", "model.adapter.rank=8",
+         "model.adapter.gate=element"),
         "VL-PET's element-wise gate on LoRA's output (folded into the weights at merge)."),
     Arm("mma-shared", (NEW_WORDS, "model.adapter.kind=mma", "model.adapter.rank=8", "model.adapter.share=true"),
         "LaVIN's MMA (Luo et al. 2023): adapters with a router between a text-only and a multimodal path; 3.8M "
@@ -98,10 +102,12 @@ ARMS = (
         "the proximal steps can shrink an importance by λ·Σlr ≈ 1.5 (it starts at 1)."),
     Arm("rank-lora-l1-weak", (NEW_WORDS, "model.adapter.kind=rank-lora", "model.adapter.rank=8", RANK_TARGETS,
                               "model.adapter.sparsity=13"),
-        "Dynamic Rank-Selective LoRA, a weaker penalty: λ·Σlr ≈ 1.0, so only ranks the data does not push up die."),
+        "Dynamic Rank-Selective LoRA, a weaker penalty: λ·Σlr ≈ 1.0, so only ranks the data does not push up "
+        "die."),
     Arm("rank-lora-dense", (NEW_WORDS, "model.adapter.kind=rank-lora", "model.adapter.rank=8", RANK_TARGETS),
         "Control: the same LoRA on the same targets with the importance learned but no sparsity penalty."),
-    Arm("multitask-shared", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8", "model.adapter.share=true"),
+    Arm("multitask-shared", (NEW_WORDS, "model.adapter.kind=bottleneck", "model.adapter.rank=8",
+         "model.adapter.share=true"),
         "VL-Adapter's multi-task setting: one shared adapter trained on both tasks (here shapes + Fashion-MNIST "
         "captions) serves both.", data="union:shapes:n=30000,seed=3;fashion-mnist-rgb:train"),
 )
@@ -325,7 +331,8 @@ def write(result: dict) -> None:
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
         shown = "reference" if r is full or full is None else (
-            f"fashion {r['fashion']:.3f} vs full fine-tuning {full['fashion']:.3f} ({r['fashion'] - full['fashion']:+.3f}) "
+            f"fashion {r['fashion']:.3f} vs full fine-tuning {full['fashion']:.3f} "
+            f"({r['fashion'] - full['fashion']:+.3f}) "
             f"with {100 * r['share']:.1f}% of the parameters trainable; shapes kept {r['shapes']:.3f} (full-ft "
             f"{full['shapes']:.3f})")
         lines.append(f"| {r['arm']} | {arms[r['arm']].claim} | {shown} |")
@@ -340,7 +347,8 @@ def write(result: dict) -> None:
 
 def merging_section(result: dict, base: dict, full: dict) -> list[str]:
     lines = ["", "## Merging and instruction residuals", "",
-              ("Interpolation (1-α)·base + α·full-ft (`vlalign merge base full-ft --alpha α`), and the fine-tune's "
+              ("Interpolation (1-α)·base + α·full-ft (`vlalign merge base full-ft --alpha α`), and the "
+               "fine-tune's "
                "change added to a base that trained further on shapes (`--onto`). Claim (VL adaptation & safety "
                "study, no numbers): interpolating weights trades between the two models' abilities without "
                "training; an instruction residual transfers a tuning to a continually pre-trained base."), "",
