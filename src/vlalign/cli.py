@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     add_use_commands(sub)
     add_efficiency_commands(sub)
+    merge = sub.add_parser("merge", help="interpolate two runs' weights, or add one run's change to another base",
+                           description="Write a run directory with (1-alpha)*A + alpha*B, or with --onto C the "
+                           "residual C + alpha*(B - A). The runs must share architecture and tokenizer.")
+    merge.add_argument("run_a", metavar="RUN_A", help="run directory A")
+    merge.add_argument("run_b", metavar="RUN_B", help="run directory B")
+    merge.add_argument("--alpha", type=float, help="weight of B (default 0.5), or of B - A with --onto (default 1)")
+    merge.add_argument("--onto", metavar="RUN_C", help="add B - A to this run's weights instead of interpolating")
+    merge.add_argument("--out", required=True, help="the new run directory")
     return parser
 
 
@@ -370,6 +378,14 @@ def cmd_resolution(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from vlalign.adapt.merging import merge_runs
+
+    out = merge_runs(args.run_a, args.run_b, args.out, args.alpha, args.onto)
+    print(f"merged -> {out}")
+    return 0
+
+
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
     from vlalign.eval.report import summary_rows
 
@@ -401,7 +417,8 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
             "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export,
-            "average": cmd_average, "resolution": cmd_resolution}
+            "average": cmd_average, "resolution": cmd_resolution,
+            "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,12 @@ class AdapterConfig:
     alpha: float = 16.0  # LoRA scale alpha (the update is scaled by alpha / r)
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])  # LoRA: module-name suffixes
+    # Issue 13 (see docs/adaptation.md). bottleneck/mma: block i of both towers uses one adapter (VL-Adapter)
+    share: bool = False
+    gate: str = "none"  # VL-PET gate on each adapter's output: "none" | "module" | "head" | "element"
+    sparsity: float = 0.0  # rank-lora: L1 weight on the per-rank importance (Dynamic Rank-Selective LoRA)
+    # the adapted text tower's token embeddings train too: a task whose words the base never read needs them
+    train_token_embeddings: bool = False
 
 
 @dataclass(kw_only=True)
@@ -341,7 +347,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
                        "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt"),
     "objective.pool": ("mean", "max"),
-    "model.adapter.kind": ("none", "lora", "bottleneck"),
+    "model.adapter.kind": ("none", "lora", "rank-lora", "bottleneck", "mma"),
+    "model.adapter.gate": ("none", "module", "head", "element"),
     "train.nonfinite_policy": ("error", "skip"),
     "train.parallel": ("replicate", "fsdp"),
     "train.precision": ("fp32", "bf16", "auto", "nvfp4-sim"),
@@ -432,6 +439,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     _validate_efficiency(cfg, source)
     _validate_continual(cfg, source)
     _validate_catalogue_rest(cfg, source)
+    _validate_adaptation(cfg, source)
     return cfg
 
 
@@ -458,6 +466,18 @@ def _validate_continual(cfg: RunConfig, source: str) -> None:
     if (vlm.inherit_vpg or vlm.visual_experts) and cfg.model.arch != "vlm":
         raise ConfigError(f"In {source}: model.vlm.inherit_vpg / visual_experts need model.arch=vlm, "
                           f"got '{cfg.model.arch}'.")
+
+
+def _validate_adaptation(cfg: RunConfig, source: str) -> None:
+    """Adapter options of issue 13: each belongs to the kinds that read it."""
+    a = cfg.model.adapter
+    if a.sparsity < 0 or (a.sparsity > 0 and a.kind != "rank-lora"):
+        raise ConfigError(f"Config key 'model.adapter.sparsity' in {source} is {a.sparsity}: it is the L1 weight "
+                          f"of kind rank-lora (>= 0), and model.adapter.kind is '{a.kind}'.")
+    if a.gate != "none" and a.kind == "none":
+        raise ConfigError(f"In {source}: model.adapter.gate={a.gate} gates adapter outputs; set model.adapter.kind.")
+    if a.rank < 1:
+        raise ConfigError(f"Config key 'model.adapter.rank' in {source} must be >= 1, got {a.rank}.")
 
 
 def _validate_catalogue(cfg: RunConfig, source: str) -> None:

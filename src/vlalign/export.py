@@ -26,7 +26,7 @@ from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import CheckpointError, VlalignError
 from vlalign.models import build_model
-from vlalign.models.adapters import merge_adapters
+from vlalign.models.adapters import MERGEABLE_KINDS, merge_adapters
 
 FORMATS = ("hf", "torchscript")
 MODEL_TYPE = "vlalign-dual-encoder"
@@ -47,10 +47,10 @@ def export(checkpoint: str | Path, format: str, out: str | Path) -> Path:
 
 
 def merged_config(cfg: RunConfig) -> RunConfig:
-    """The config of the merged model: LoRA is folded into the weights, so the result has no adapter."""
+    """The config of the merged model: LoRA (and its gate) is folded into the weights, so the result has no adapter."""
     cfg = copy.deepcopy(cfg)
-    if cfg.model.adapter.kind == "lora":
-        cfg.model.adapter.kind = "none"
+    if cfg.model.adapter.kind in MERGEABLE_KINDS:
+        cfg.model.adapter.kind, cfg.model.adapter.gate, cfg.model.adapter.sparsity = "none", "none", 0.0
     return cfg
 
 

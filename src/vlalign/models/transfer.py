@@ -19,6 +19,7 @@ from torch import nn
 
 from vlalign.checkpoint import latest_checkpoint, load_checkpoint
 from vlalign.errors import CheckpointError
+from vlalign.models.adapters import base_names
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,17 @@ def load_matching_weights(model: nn.Module, run_dirs: list[str], modules: list[s
     the same name but another shape (a different size, vocabulary or image size), is an error.
     """
     own = model.state_dict()
+    # An adapted model wraps layers (``qkv.base_layer.weight``); an unadapted run saved them plainly.
+    plain = base_names(model)
     loaded: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     for run_dir in run_dirs:
         tensors, _, _ = load_checkpoint(run_checkpoint(run_dir))
-        shared = [name for name in tensors if name in own and "." in name
+        source = {name: name if name in tensors else plain[name] for name in own}  # own name -> saved name
+        shared = [name for name in own if source[name] in tensors and "." in name
                   and (not modules or name.split(".")[0] in modules)]
-        clashes = [f"{n} {tuple(tensors[n].shape)} vs {tuple(own[n].shape)}" for n in shared
-                   if tensors[n].shape != own[n].shape]
+        clashes = [f"{n} {tuple(tensors[source[n]].shape)} vs {tuple(own[n].shape)}" for n in shared
+                   if tensors[source[n]].shape != own[n].shape]
         if clashes:
             raise CheckpointError(f"model.init_from: {run_dir} has weights of other shapes than this model: "
                                   f"{'; '.join(clashes[:3])}. Use the same sizes, image size, context length "
@@ -87,7 +91,7 @@ def load_matching_weights(model: nn.Module, run_dirs: list[str], modules: list[s
             raise CheckpointError(f"model.init_from: {run_dir} shares no weight with this model "
                                   f"(its modules: {', '.join(sorted({n.split('.')[0] for n in tensors}))}).")
         for name in shared:
-            loaded[name] = tensors[name]
+            loaded[name] = tensors[source[name]]
             origin[name.split(".")[0]] = str(run_dir)
     model.load_state_dict(loaded, strict=False)
     for module, run_dir in origin.items():

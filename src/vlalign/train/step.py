@@ -17,6 +17,7 @@ from torch import nn
 from vlalign import dist
 from vlalign.config import RunConfig
 from vlalign.errors import NonFiniteError, OutOfMemory
+from vlalign.models.adapters import shrink_rank_importance
 from vlalign.models.dual_encoder import AlignmentOutput
 from vlalign.train.optim import clip_gradients, global_norm, lr_at, set_lr
 from vlalign.train.precision import autocast, outputs_in_fp32
@@ -175,6 +176,7 @@ def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, ba
     if cfg.optim.grad_clip > 0:
         clip_gradients(grads, cfg.optim.grad_clip, grad_norm)
     optimizer.step()
+    ranks = shrink_rank_importance(model, optimizer.param_groups[0]["lr"])  # rank-lora's L1 proximal step
     clamp_logit_scale(model, cfg.objective.max_logit_scale)
     state.step += 1
     state.samples_seen += batch_size(batch) * dist.world_size()
@@ -183,7 +185,7 @@ def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, ba
               "param_norm": global_norm(list(model.parameters()))}
     if getattr(model, "logit_scale", None) is not None:  # a text-only language model has none
         record["logit_scale"] = model.logit_scale.exp().item()
-    return record | metrics
+    return record | ranks | metrics
 
 
 def out_of_memory(state: TrainState, cfg: RunConfig, batch: dict) -> OutOfMemory:
