@@ -315,6 +315,7 @@ def write(result: dict) -> None:
          f"colour+shape top-1 on {result['eval_n']} single-object shapes scenes (what the base kept). Trainable "
          "share counts the projection heads and temperature too (they train in every arm), shared weights once."),
         "",
+        *([f"**Status.** {result['status']}", ""] if result.get("status") else []),
         f"Base before adaptation: fashion {base['fashion']:.3f}, shapes {base['shapes']:.3f} "
         f"(train {base['train_seconds']:.0f} s).",
         "",
@@ -339,6 +340,8 @@ def write(result: dict) -> None:
             f"with {100 * r['share']:.1f}% of the parameters trainable; shapes kept {r['shapes']:.3f} (full-ft "
             f"{full['shapes']:.3f})")
         lines.append(f"| {r['arm']} | {arms[r['arm']].claim} | {shown} |")
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *result["notes"]]
     if result.get("merging"):
         lines += merging_section(result, base, full)
     if result.get("active"):
