@@ -119,3 +119,15 @@ def edges_source(argument: str) -> Source:
     from vlalign.data.specs import build_source
 
     return EdgeMaps(build_source(argument))
+
+
+@register_source("moving-shapes", "moving-shapes:n=2000,seed=0[,frames=8][,events=1-2][,objects=1-2][,size=32]  "
+                 "(video clips [T, 3, H, W] with motion captions)")
+def moving_shapes_source(argument: str) -> Source:
+    from vlalign.data.moving_shapes import SPEC_KEYS, build_moving_shapes
+
+    spec = f"moving-shapes:{argument}"
+    try:
+        return build_moving_shapes(parse_kv(argument, SPEC_KEYS, spec))
+    except ValueError as err:
+        raise DataError(f"Data spec '{spec}': {err}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids
@@ -57,7 +58,20 @@ class PatchEmbed(nn.Module):
         P = self.patch_size
         # [B, C, H, W] -> [B, N, C*P*P], patches in row-major order
         patches = images.view(B, C, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * P * P)
-        return PatchTokens(self.proj(patches) + self.pos)
+        return PatchTokens(self.proj(patches) + resample_positions(self.pos, self.grid, (H // P, W // P)))
+
+
+def resample_positions(pos: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
+    """Position embeddings [1, grid*grid, D] for a ``size`` = (rows, cols) patch grid: unchanged at the trained
+    grid, area-averaged when smaller (a low-resolution frame of Keye-VL 1.5's fast pathway), bilinear when larger."""
+    if size == (grid, grid):
+        return pos
+    table = pos.view(1, grid, grid, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
+    if size[0] <= grid and size[1] <= grid:
+        table = F.adaptive_avg_pool2d(table, size)
+    else:
+        table = F.interpolate(table, size=size, mode="bilinear", align_corners=False)
+    return table.flatten(2).transpose(1, 2)  # [1, rows*cols, D]
 
 
 class VisionTransformer(nn.Module):

@@ -219,3 +219,5 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
 
 # Catalogue items 8-11 register themselves (GPT4Image, MeDSLIP, VELVET-Med, PS3).
 from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
+# Issue 13 item 8: video-text (E-ViLM's masked video modelling).
+from vlalign.objectives import video as _video  # noqa: E402,F401
