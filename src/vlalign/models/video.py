@@ -12,7 +12,7 @@ The pipeline, each stage a component chosen by ``model.video`` (``vlalign.models
 4. Frame tokens: the pooled feature of each frame ("frame", [B, T, D]), or PLLaVA's parameter-free
    adaptive average pooling of the patch tokens to a fixed (T', h', w') grid ("pllava", [B, T'h'w', D]).
 5. ``MeanPool`` (order-free) or ``AttentionPool`` (learned positions and one attention block over the
-   tokens, read out by a query token; CLIP4Clip's "seqTransf" idea) -> the clip feature [B, D].
+   tokens, then their mean; CLIP4Clip's "seqTransf") -> the clip feature [B, D].
 
 With ``MaskedVideoModelling`` (E-ViLM), training also encodes a copy of the frames with random patches
 blanked and predicts each blanked patch's code from a frozen VQ tokenizer (``vlalign.models.vq``).
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlalign.models.layers import Block
+from vlalign.models.layers import Block, init_weights
 from vlalign.models.vit import VisionFeatures, VisionTransformer
 from vlalign.models.vq import PatchVQTokenizer, patchify
 
@@ -115,22 +115,21 @@ class MeanPool(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """Learned positions for the S tokens, one pre-LN attention block over [query, tokens], the query's
-    output normalised: an order-aware clip feature for a few parameters (one block of the tower's width)."""
+    """Order-aware pooling (CLIP4Clip's "seqTransf", Luo et al. 2022 §3.3): learned positions for the S tokens,
+    one pre-LN attention block over them, then the mean, normalised. The block starts near the identity
+    (small weights, residual), so the pool starts as the mean pool and learns what order adds: a learned
+    query read-out instead (tried first) starts from a constant and collapsed the clip features."""
 
     def __init__(self, width: int, heads: int, num_tokens: int):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(1, 1, width))
         self.pos = nn.Parameter(torch.zeros(1, num_tokens, width))
-        nn.init.trunc_normal_(self.query, std=0.02)
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.block = Block(width, heads)
+        init_weights(self.block)
         self.norm = nn.LayerNorm(width)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        B = tokens.shape[0]
-        x = torch.cat([self.query.expand(B, -1, -1), tokens + self.pos], 1)  # [B, 1+S, D]
-        return self.norm(self.block(x)[:, 0])  # [B, D]
+        return self.norm(self.block(tokens + self.pos).mean(1))  # [B, S, D] -> [B, D]
 
 
 class MaskedVideoModelling(nn.Module):
