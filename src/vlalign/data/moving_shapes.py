@@ -20,6 +20,7 @@ Samples carry the clip as ``image`` ``[T, 3, H, W]`` uint8 and the events in ``m
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -122,7 +123,7 @@ class _State:
 
 def _segments(num_frames: int, num_events: int) -> list[tuple[int, int]]:
     bounds = [round(k * num_frames / num_events) for k in range(num_events + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _free_cells(objects: list[_State]) -> list[tuple[int, int]]:
@@ -212,8 +213,8 @@ def render_clip(clip: Clip, cfg: MovingShapesConfig) -> np.ndarray:
         for t in range(cfg.num_frames):
             if not track.visible[t]:
                 continue
-            y0 = int(round((track.rows[t] + 0.5) * cell - d / 2))
-            x0 = int(round((track.cols[t] + 0.5) * cell - d / 2))
+            y0 = round((track.rows[t] + 0.5) * cell - d / 2)
+            x0 = round((track.cols[t] + 0.5) * cell - d / 2)
             colour = np.array(COLOURS[track.colours[t]], dtype=np.float32)[:, None, None]  # [3, 1, 1]
             patch = np.rint(colour * alpha).astype(np.uint8)  # [3, d, d]
             region = out[t, :, y0 : y0 + d, x0 : x0 + d]
