@@ -9,6 +9,7 @@ from vlalign.objectives import OBJECTIVES, build_objective
 
 GENERATIVE = {name for names in GENERATIVE_OBJECTIVES.values() for name in names}  # tested in test_cgvlm.py
 WITH_VIEWS = {"gpt4image", "medslip", "velvet", "ps3"}  # need extra views: tested in test_catalogue_views.py
+WITH_VIEWS.add("video-mvm")  # needs a video tower with masked video modelling: tested in test_video.py
 
 
 def tiny_model(head="projection", fusion="none", **vision):
