@@ -124,12 +124,13 @@ def evaluate(run: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| arm | t2i R@1 / R@5 / R@10 | i2t R@1 | direction | appear/disappear | event order | "
+    head = ("| arm | steps | t2i R@1 / R@5 / R@10 | i2t R@1 | direction | appear/disappear | event order | "
             "patch tokens / clip | vision GFLOP / clip | train min | paper claim |")
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {r['t2i_R@1']:.3f} / {r['t2i_R@5']:.3f} / {r['t2i_R@10']:.3f} | {r['i2t_R@1']:.3f} | "
+            f"| {r['arm']} | {r['steps']} | {r['t2i_R@1']:.3f} / {r['t2i_R@5']:.3f} / {r['t2i_R@10']:.3f} | "
+            f"{r['i2t_R@1']:.3f} | "
             f"{r['direction_accuracy']:.2f} | {r['appearance_accuracy']:.2f} | {r['order_accuracy']:.2f} | "
             f"{r['patch_tokens_per_clip']:.1f} | {r['vision_gflop_per_clip']:.4f} | {r['train_seconds'] / 60:.1f} | "
             f"{CLAIMS[r['arm']]} |")
@@ -137,8 +138,9 @@ def table(rows: list[dict]) -> str:
 
 
 def routing_table(routing: list[dict]) -> str:
-    lines = ["| frames sampled of 8 | slow (full-resolution) frames | patch tokens / clip | all frames at full "
-             "resolution | saving | Keye-VL 1.5 claim |", "|---|---|---|---|---|---|"]
+    head = ("| frames sampled of 8 | slow (full-resolution) frames | patch tokens / clip | all frames at full "
+            "resolution | saving | Keye-VL 1.5 claim |")
+    lines = [head, "|---|---|---|---|---|---|"]
     for r in routing:
         lines.append(f"| {r['frames']} | {r['slow_frame_share']:.0%} | {r['patch_tokens_per_clip']:.1f} | "
                      f"{r['full_resolution_tokens_per_clip']:.0f} | {r['token_saving']:.0%} | a fast frame costs 30% "
@@ -149,11 +151,11 @@ def routing_table(routing: list[dict]) -> str:
 def write(rows: list[dict], routing: list[dict], args, seconds: float) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_video.json").write_text(json.dumps(
-        {"steps": args.steps, "seed": args.seed, "train": TRAIN, "eval": EVAL, "total_seconds": seconds,
+        {"seed": args.seed, "train": TRAIN, "eval": EVAL, "total_seconds": seconds,
          "loadavg_end": os.getloadavg(), "routing": routing, "rows": rows}, indent=1))
     n = {k: rows[0].get(f"{k}_n") for k in ("direction", "appearance", "order")} if rows else {}
     md = (f"# Video-text alignment on moving shapes (issue 13 item 8)\n\n"
-          f"{args.steps} steps, batch 64, seed {args.seed}; train `{TRAIN}`, eval `{EVAL}` (held-out clips). "
+          f"Batch 64, seed {args.seed}; train `{TRAIN}`, eval `{EVAL}` (held-out clips). "
           f"Motion columns: share of clips whose true caption beats the flipped one (chance 0.50; "
           f"n = {n.get('direction')} / {n.get('appearance')} / {n.get('order')} clips).\n\n{table(rows)}\n\n"
           "Slow-Fast routing on the 500 held-out clips (the rule alone, threshold 95% unchanged patches, "
@@ -171,15 +173,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="*", default=list(ARMS), help="a subset of: " + "; ".join(ARMS))
+    parser.add_argument("--append", action="store_true", help="keep the rows of the existing results file")
     parser.add_argument("--work", default="benchmarks/.work/catalogue_video")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a finished run would be resumed (0 steps) and mis-timed
-    start, rows = time.perf_counter(), []
-    routing = [routing_cost(frames) for frames in (4, 8)]
+    previous = json.loads((RESULTS / "catalogue_video.json").read_text()) if args.append else {}
+    rows, done = previous.get("rows", []), previous.get("total_seconds", 0.0)
+    for row in rows:  # files written before rows carried their own step count
+        row.setdefault("steps", previous.get("steps"))
+    start = time.perf_counter() - done
+    routing = previous.get("routing") or [routing_cost(frames) for frames in (4, 8)]
     md = write(rows, routing, args, time.perf_counter() - start)
     for arm in args.arms:
-        row = {"arm": arm, "loadavg_start": os.getloadavg()}
+        row = {"arm": arm, "steps": args.steps, "loadavg_start": os.getloadavg()}
         row |= train(arm, work, ARMS[arm], args.steps, args.seed)
         row |= evaluate(row["run"])
         rows.append(row)

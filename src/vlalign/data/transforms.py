@@ -28,7 +28,7 @@ class ImageTransform:
         self.std = std
 
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
-        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32; clips [T, C, H, W] -> [B, T, in_channels, S, S]."""
+        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32; of clips [T, C, H, W] -> [B, T, ...]."""
         out = []
         for image in images:
             if image.ndim == 4:  # a video clip: every frame as an image
