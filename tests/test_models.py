@@ -10,6 +10,7 @@ from vlalign.objectives import OBJECTIVES, build_objective
 GENERATIVE = {name for names in GENERATIVE_OBJECTIVES.values() for name in names}  # tested in test_cgvlm.py
 WITH_VIEWS = {"gpt4image", "medslip", "velvet", "ps3", "salt"}  # need extra views: test_catalogue_views.py, test_salt.py
 WITH_TEACHERS = {"ctp"}  # needs its teachers' embeddings in the batch: tested in test_continual_ctp.py
+WITH_VIEWS.add("video-mvm")  # needs a video tower with masked video modelling: tested in test_video.py
 
 
 def tiny_model(head="projection", fusion="none", **vision):

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--out", required=True)
     shapes.add_argument("--n", type=int, default=1000)
     shapes.add_argument("--seed", type=int, default=0)
+    moving = data_sub.add_parser("make-moving-shapes", help="render moving-shapes clips to a folder (PNG frame "
+                                 "strips + captions.csv with each clip's events)")
+    moving.add_argument("--out", required=True)
+    moving.add_argument("--n", type=int, default=1000)
+    moving.add_argument("--seed", type=int, default=0)
+    moving.add_argument("--options", default="", help="further moving-shapes spec options, e.g. frames=6,events=1-1")
     data_sub.add_parser("sources", help="list the data sources and their spec syntax")
     convert = data_sub.add_parser("convert", help="write any data source as WebDataset shards plus shards.json")
     convert.add_argument("source", metavar="SRC", help="a data spec, e.g. csv:pairs.csv or folder:photos")
@@ -258,6 +264,12 @@ def cmd_data(args) -> int:
         path = export_shapes(args.out, args.n, args.seed)
         print(f"wrote {args.n} images and {path}")
         return 0
+    if args.data_command == "make-moving-shapes":
+        from vlalign.data.export import export_moving_shapes
+
+        path = export_moving_shapes(args.out, args.n, args.seed, args.options)
+        print(f"wrote {args.n} clips and {path}")
+        return 0
     if args.data_command == "sources":
         from vlalign.data.specs import HELP
 
@@ -284,7 +296,8 @@ def cmd_data(args) -> int:
         return cmd_data_filter(args)
     if args.data_command == "reduce":
         return cmd_data_reduce(args)
-    raise VlalignError("`vlalign data` needs an action: make-shapes, sources, convert, inspect, filter or reduce "
+    raise VlalignError("`vlalign data` needs an action: make-shapes, make-moving-shapes, sources, convert, inspect, "
+                       "filter or reduce "
                        "(see `vlalign data --help`).")
 
 

@@ -150,6 +150,30 @@ class FusionConfig:
 
 
 @dataclass(kw_only=True)
+class VideoConfig:
+    """Video-text alignment (issue 13 item 8; vlalign.models.video): the vision tower reads clips [B, T, C, H, W]
+    from a video source (e.g. moving-shapes:...) and pools its frames into one clip feature."""
+
+    frames: int = 0  # frames per clip the tower encodes (0 = an image model)
+    sampling: str = "uniform"  # "uniform" (segment centres) | "random" (a random frame per segment in training: TSN)
+    tokens: str = "frame"  # "frame" (each frame's pooled feature) | "pllava" (adaptive average pool of patch tokens)
+    pool_grid: list[int] = field(default_factory=lambda: [4, 2, 2])  # pllava: the (T', h', w') token grid
+    pool: str = "mean"  # temporal pooling of the tokens: "mean" (order-free) | "attention" (learned positions)
+    # Keye-VL 1.5 Slow-Fast: frames with <= similarity_threshold of their patches unchanged (mean |Δpixel| <=
+    # change_tolerance, normalised units) since the last slow frame are slow (full resolution); the rest fast
+    # (resolution / fast_scale)
+    slow_fast: bool = False
+    similarity_threshold: float = 0.95
+    change_tolerance: float = 0.05
+    fast_scale: int = 2
+    # E-ViLM masked video modelling (objective "video-mvm"): codes of the VQ patch tokenizer (0 = off), the
+    # fraction of patches masked, and the tokenizer's training steps on the training frames before the run
+    mvm_codes: int = 0
+    mvm_mask_ratio: float = 0.4
+    vq_steps: int = 300
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
     arch: str = "dual-encoder"  # "dual-encoder" (CLIP-style) | "lm" (text-only causal LM) | "vlm" (LLaVA-style)
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -173,6 +197,7 @@ class ModelConfig:
     # attribute streams (MeDSLIP, objective "medslip"): one projection head per attribute, each aligned with
     # that attribute's text, e.g. [shape, colour] (vlalign.data.views.ATTRIBUTES); [] = none
     attribute_streams: list[str] = field(default_factory=list)
+    video: VideoConfig = field(default_factory=VideoConfig)  # clips instead of images when video.frames > 0
 
 
 @dataclass(kw_only=True)
@@ -260,6 +285,7 @@ class ObjectiveConfig:
     ps3: RegionConfig = field(default_factory=RegionConfig)
     ctp: CTPConfig = field(default_factory=CTPConfig)  # objective "ctp" (issue 13)
     salt: SALTConfig = field(default_factory=SALTConfig)  # objective "salt" (catalogue issue 12)
+    mvm_weight: float = 1.0  # video-mvm: w in L = L_clip + w·L_mvm (E-ViLM's masked video modelling)
 
 
 @dataclass(kw_only=True)
@@ -345,7 +371,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt",
+                       "video-mvm"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "rank-lora", "bottleneck", "mma"),
     "model.adapter.gate": ("none", "module", "head", "element"),
@@ -357,6 +384,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fusion.itm_negatives": ("hard", "random"),
     "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
     "model.vlm.projector_init": ("random", "word-converter"),
+    "model.video.sampling": ("uniform", "random"),
+    "model.video.tokens": ("frame", "pllava"),
+    "model.video.pool": ("mean", "attention"),
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
@@ -440,6 +470,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     _validate_continual(cfg, source)
     _validate_catalogue_rest(cfg, source)
     _validate_adaptation(cfg, source)
+    _validate_video(cfg, source)
     return cfg
 
 
@@ -478,6 +509,41 @@ def _validate_adaptation(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"In {source}: model.adapter.gate={a.gate} gates adapter outputs; set model.adapter.kind.")
     if a.rank < 1:
         raise ConfigError(f"Config key 'model.adapter.rank' in {source} must be >= 1, got {a.rank}.")
+
+
+def _validate_video(cfg: RunConfig, source: str) -> None:
+    """Video-text alignment (issue 13 item 8): what the video tower needs and what it cannot combine with."""
+    v, m = cfg.model.video, cfg.model
+    if v.frames < 0:
+        raise ConfigError(f"Config key 'model.video.frames' in {source} must be >= 0 (0 = images), got {v.frames}.")
+    if (cfg.objective.name == "video-mvm") != (v.mvm_codes > 0) or v.mvm_codes < 0:
+        raise ConfigError(f"In {source}: objective.name=video-mvm trains masked video modelling and needs "
+                          f"model.video.mvm_codes > 0 (a VQ codebook), and the codebook needs that objective; got "
+                          f"objective '{cfg.objective.name}' with model.video.mvm_codes={v.mvm_codes}.")
+    if not v.frames:
+        if v.mvm_codes or v.slow_fast:
+            raise ConfigError(f"In {source}: model.video.mvm_codes / slow_fast act on clips; set model.video.frames.")
+        return
+    others = {"model.arch": (m.arch, "dual-encoder"), "model.fusion.kind": (m.fusion.kind, "none"),
+              "model.vision.merge_r": (m.vision.merge_r, 0), "model.vision.channel_sampling":
+              (m.vision.channel_sampling, "none"), "data.cache_dir": (cfg.data.cache_dir, "")}
+    for path, (value, needed) in others.items():
+        if value != needed:
+            raise ConfigError(f"In {source}: model.video.frames={v.frames} (a video tower) needs {path}={needed!r}, "
+                              f"got {value!r}.")
+    if len(v.pool_grid) != 3 or min(v.pool_grid) < 1:
+        raise ConfigError(f"Config key 'model.video.pool_grid' in {source} is (T', h', w'), three counts >= 1; "
+                          f"got {v.pool_grid}.")
+    if v.slow_fast and (m.vision.patch_embed != "standard" or v.fast_scale < 2
+                        or (cfg.data.image_size // v.fast_scale) % m.vision.patch_size):
+        raise ConfigError(f"In {source}: model.video.slow_fast encodes fast frames at data.image_size / fast_scale "
+                          f"= {cfg.data.image_size} / {v.fast_scale}, which must be a multiple of model.vision."
+                          f"patch_size ({m.vision.patch_size}), with fast_scale >= 2 and the standard patch embedding.")
+    if not 0 < v.similarity_threshold < 1 or v.change_tolerance < 0 or not 0 < v.mvm_mask_ratio < 1:
+        raise ConfigError(f"In {source}: model.video.similarity_threshold and mvm_mask_ratio must be in (0, 1) and "
+                          "change_tolerance >= 0.")
+    if cfg.objective.mvm_weight < 0 or v.vq_steps < 1:
+        raise ConfigError(f"In {source}: objective.mvm_weight must be >= 0 and model.video.vq_steps >= 1.")
 
 
 def _validate_catalogue(cfg: RunConfig, source: str) -> None:

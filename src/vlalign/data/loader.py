@@ -157,7 +157,7 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
     ids, mask = tokenizer(captions, context_length)
     images = transform([s.image for s in samples])  # [B, C, H, W]
     # Ids of the channels the model sees (after the transform, which may expand greyscale to RGB).
-    channel_ids = torch.arange(images.shape[1]).expand(len(samples), -1)
+    channel_ids = torch.arange(images.shape[-3]).expand(len(samples), -1)  # clips [B, T, C, H, W] too
     negatives = {}
     if negative_kinds:
         texts, valid = negatives_for(captions, [s.key for s in samples], negative_kinds, negative_seed)

@@ -195,3 +195,15 @@ def expert_source(argument: str) -> Source:
 
     name, inner = _options_and_spec("expert", argument, "expert:oracle:SPEC")
     return ExpertContext(build_source(inner), expert_reporter(name), name)
+
+
+@register_source("moving-shapes", "moving-shapes:n=2000,seed=0[,frames=8][,events=1-2][,objects=1-2][,size=32]  "
+                 "(video clips [T, 3, H, W] with motion captions)")
+def moving_shapes_source(argument: str) -> Source:
+    from vlalign.data.moving_shapes import SPEC_KEYS, build_moving_shapes
+
+    spec = f"moving-shapes:{argument}"
+    try:
+        return build_moving_shapes(parse_kv(argument, SPEC_KEYS, spec))
+    except ValueError as err:
+        raise DataError(f"Data spec '{spec}': {err}") from None

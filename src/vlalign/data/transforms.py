@@ -28,9 +28,12 @@ class ImageTransform:
         self.std = std
 
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
-        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32."""
+        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32; of clips [T, C, H, W] -> [B, T, ...]."""
         out = []
         for image in images:
+            if image.ndim == 4:  # a video clip: every frame as an image
+                out.append(self(list(image)))
+                continue
             x = torch.from_numpy(np.ascontiguousarray(image))
             if image.dtype == np.uint8 and self.mean is None:
                 x = (x.float() / 255.0 - 0.5) / 0.5

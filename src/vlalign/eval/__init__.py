@@ -11,6 +11,7 @@ from vlalign.api import Aligner, VisualAssistant
 from vlalign.eval import adversarial, fdt_codes, generative, hard_negatives, linear_probe, mir  # noqa: F401
 from vlalign.eval import binding, grounding, regions, rerank  # noqa: F401
 from vlalign.eval import teacher_forced  # noqa: F401  (issue 13)
+from vlalign.eval import video  # noqa: F401
 from vlalign.eval.report import write_report
 from vlalign.eval.tasks import TASKS, TaskResult, run_tasks
 

@@ -23,8 +23,11 @@ from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
 from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.token_merging import TokenMerging, merge_schedule
+from vlalign.models.video import (AttentionPool, FrameSampler, MaskedVideoModelling, MeanPool, SlowFastRouter,
+                                  VideoTransformer)
 from vlalign.models.vit import PatchEmbed, VisionTransformer
 from vlalign.models.visual_experts import add_visual_experts
+from vlalign.models.vq import PatchVQTokenizer
 from vlalign.models.vlm import CONNECTORS, VisionLanguageModel
 
 PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed, "conv": ConvStemEmbed}
@@ -54,8 +57,27 @@ def build_token_merging(cfg: ModelConfig, image_size: int, depth: int) -> TokenM
 def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     size = vision_size(cfg.vision.size)
     patch_embed = build_patch_embed(cfg, image_size, size.width)
-    return VisionTransformer(patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool,
-                             build_channel_sampler(cfg), build_token_merging(cfg, image_size, size.depth))
+    args = (patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool,
+            build_channel_sampler(cfg), build_token_merging(cfg, image_size, size.depth))
+    if cfg.video.frames:
+        return VideoTransformer(*args, **build_video_stages(cfg, size.width, size.heads))
+    return VisionTransformer(*args)
+
+
+def build_video_stages(cfg: ModelConfig, width: int, heads: int) -> dict:
+    """``model.video``: the stages a clip passes through around the ViT (``vlalign.models.video``)."""
+    v = cfg.video
+    pool_grid = tuple(v.pool_grid) if v.tokens == "pllava" else None
+    num_tokens = pool_grid[0] * pool_grid[1] * pool_grid[2] if pool_grid else v.frames
+    router = (SlowFastRouter(cfg.vision.patch_size, v.similarity_threshold, v.change_tolerance, v.fast_scale)
+              if v.slow_fast else None)
+    mvm = None
+    if v.mvm_codes:
+        tokenizer = PatchVQTokenizer(cfg.vision.patch_size, cfg.vision.in_channels, v.mvm_codes)
+        mvm = MaskedVideoModelling(tokenizer, width, v.mvm_mask_ratio)
+    pool = AttentionPool(width, heads, num_tokens) if v.pool == "attention" else MeanPool()
+    return {"sampler": FrameSampler(v.frames, v.sampling), "temporal_pool": pool, "pool_grid": pool_grid,
+            "router": router, "mvm": mvm}
 
 
 def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Module:

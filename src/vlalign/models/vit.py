@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlalign.models.channel_sampling import fill_missing_channels, resolve_channel_ids

@@ -229,3 +229,5 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
 from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
 from vlalign.objectives import continual as _continual  # noqa: E402,F401  (CTP, issue 13)
 from vlalign.objectives import salt as _salt  # noqa: E402,F401  (catalogue issue 12)
+# Issue 13 item 8: video-text (E-ViLM's masked video modelling).
+from vlalign.objectives import video as _video  # noqa: E402,F401

@@ -38,6 +38,7 @@ from vlalign.models.vpg_transfer import inherit_vpg
 from vlalign.objectives import Objective, build_objective
 from vlalign.train.acceleration import enable_grad_checkpointing
 from vlalign.train.continual import ContinualTeachers
+from vlalign.train.vq import pretrain_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model)
     transform = image_transform(cfg, source)
+    mvm = getattr(model.vision, "mvm", None) if isinstance(model, DualEncoder) else None
+    if mvm is not None and latest_checkpoint(run_dir / "checkpoints") is None:  # E-ViLM: the tokenizer comes first
+        pretrain_tokenizer(mvm.tokenizer, source, transform, cfg.model.video.vq_steps, cfg.train.seed)
     if rank == 0:
         transform.save(run_dir / PREPROCESS_FILE)
         (run_dir / PARAMS_FILE).write_text(json.dumps(parameter_counts(model), indent=1))
