@@ -46,6 +46,12 @@ class DataConfig:
     # image sizes for equal consecutive parts of training, low to high, e.g. [16, 24, 32] (the last one usually
     # data.image_size); position embeddings are resampled to each grid (vlalign.train.curriculum); [] = off
     resolution_schedule: list[int] = field(default_factory=list)
+    # DeepSeek-VL text retention (arch vlm, objective generative; vlalign.data.text_mixture): this share of the
+    # steps are text-only batches from the data spec text_mixture; text_heldout: a data spec whose texts give
+    # metrics.jsonl's "text/heldout_loss" at every log step (and step 0)
+    text_mixture: str = ""
+    text_ratio: float = 0.0
+    text_heldout: str = ""
 
 
 @dataclass(kw_only=True)
@@ -597,6 +603,16 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"In {source}: data.resolution_schedule changes the number of image tokens, which the "
                           f"'{cfg.model.arch}' arch's decoder positions / the conv stem's fixed grid do not allow; "
                           "use it with model.arch=dual-encoder and a standard or channel patch embedding.")
+    d = cfg.data
+    if not 0 <= d.text_ratio < 1 or (d.text_ratio > 0) != bool(d.text_mixture):
+        raise ConfigError(f"In {source}: data.text_ratio={d.text_ratio} must be in [0, 1) and set (> 0) together with "
+                          f"data.text_mixture={d.text_mixture!r}, the text-only data spec, e.g. shapes-qa:n=3000,seed=3.")
+    if (d.text_ratio > 0 or d.text_heldout) and (cfg.model.arch == "dual-encoder" or d.pack_length):
+        raise ConfigError(f"In {source}: data.text_ratio / data.text_heldout are for the generative archs (lm, vlm) "
+                          "without data.pack_length.")
+    if d.text_ratio > 0 and (cfg.model.arch != "vlm" or cfg.objective.name != "generative"):
+        raise ConfigError(f"In {source}: data.text_ratio mixes text-only batches into a vlm's image-text training "
+                          "and needs model.arch=vlm with objective.name=generative (cgvlm's loss needs images).")
     if (vision.merge_r or any(vision.merge_schedule)) and cfg.model.arch != "dual-encoder":
         raise ConfigError(f"In {source}: model.vision.merge_r / merge_schedule apply to the dual encoder only; the "
                           f"'{cfg.model.arch}' arch feeds a fixed number of image tokens to its language model.")

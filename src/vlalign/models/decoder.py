@@ -209,7 +209,7 @@ class CausalDecoder(nn.Module):
         attn_mask = None  # None = plain causal attention over this call's positions only
         if new_mask is not None or past_mask is not None:
             attn_mask = _attention_mask(past_mask, new_mask, batch, past_len, new_len, ids.device)
-        out = self._blocks_and_head(x, attn_mask, kv_cache)
+        out = self._blocks_and_head(x, attn_mask, kv_cache, visual_positions)
         if kv_cache is not None:
             step_mask = new_mask if new_mask is not None else torch.ones(batch, new_len, dtype=torch.bool, device=ids.device)
             kv_cache.mask = step_mask if past_mask is None else torch.cat([past_mask, step_mask], dim=1)
@@ -224,7 +224,8 @@ class CausalDecoder(nn.Module):
                              f"context_length={self.cfg.context_length}")
         return self._blocks_and_head(embeds + self.embed_positions(positions), attn_mask, None)
 
-    def _blocks_and_head(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None) -> DecoderOutput:
+    def _blocks_and_head(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None,
+                         visual_positions: int = 0) -> DecoderOutput:
         hidden_states = []
         for layer, block in enumerate(self.blocks):
             hidden_states.append(x)
