@@ -146,6 +146,7 @@ class FusionConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     arch: str = "dual-encoder"  # "dual-encoder" (CLIP-style) | "lm" (text-only causal LM) | "vlm" (LLaVA-style)
+    # | "text-mlm" (the text tower alone, masked LM)
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
@@ -328,7 +329,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact", "resampled"),
     "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel", "conv"),
-    "model.arch": ("dual-encoder", "lm", "vlm"),
+    "model.arch": ("dual-encoder", "lm", "vlm", "text-mlm"),
     "model.vision.pool": ("cls", "mean"),
     "model.vision.channel_sampling": ("none", "hcs"),
     "model.vision.channel_sampling_per": ("batch", "sample"),
@@ -353,7 +354,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
-GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm")}
+# "text-mlm": the dual encoder's text tower alone, masked-LM pre-training on captions (vlalign.models.text_mlm)
+GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm"), "text-mlm": ("text-mlm",)}
 FREEZABLE_MODULES = ("vision", "connector", "decoder", "visual_experts")  # and sub-modules, e.g. connector.fc1
 
 # Fields that change the shape of a saved tensor or the meaning of a token: resuming with a

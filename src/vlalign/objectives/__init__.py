@@ -229,3 +229,4 @@ def fusion_objective(cfg: ObjectiveConfig) -> Objective:
 from vlalign.objectives import catalogue as _catalogue  # noqa: E402,F401
 from vlalign.objectives import continual as _continual  # noqa: E402,F401  (CTP, issue 13)
 from vlalign.objectives import salt as _salt  # noqa: E402,F401  (catalogue issue 12)
+from vlalign.objectives import text_mlm as _text_mlm  # noqa: E402,F401  (catalogue issue 12, tiny LMs)
