@@ -41,12 +41,12 @@ from vlalign.train import run_training  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "catalogue_mixture"
-LM_STEPS, MIX_STEPS = 200, 100
+LM_STEPS, MIX_STEPS = 120, 60
 RATIOS = [0.0, 0.25, 0.5, 0.75]
 CMR_FIT, CMR_HELD_OUT = [0.5, 0.75], 0.25  # fit on these runs, predict the held-out run's curve
 TOLERANCES = [0.05, 0.1, 0.2]  # nats above the LM's own held-out loss
 TEXT_DATA, HELDOUT_TEXT, CAPTIONS_EVAL = "shapes-qa:n=3000,seed=3", "shapes-qa:n=200,seed=9", "shapes:n=200,seed=1"
-MLM_STEPS, CLIP_STEPS = 200, 100
+MLM_STEPS, CLIP_STEPS = 120, 80
 DATA_SIZES = [500, 4000]
 
 
@@ -72,7 +72,7 @@ def caption_loss_heldout(run: Path) -> float:
 def mixture_section(work: Path) -> dict:
     lm_dir = work / "lm"
     lm = apply_overrides(get_recipe("lm-pretrain"), [f"train.steps={LM_STEPS}", "train.threads=1",
-                                                      "train.log_every=50", f"train.checkpoint_every={LM_STEPS}"])
+                                                      "train.log_every=40", f"train.checkpoint_every={LM_STEPS}"])
     if not (lm_dir / "checkpoints").exists():
         run_training(validate(lm), lm_dir, progress=False)
     runs = {}
@@ -81,7 +81,7 @@ def mixture_section(work: Path) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         cfg = apply_overrides(get_recipe("cgvlm-stage1-gen"), [
             f"model.init_from=[{lm_dir}]", "model.vlm.freeze=[]", "optim.lr=1e-3", f"train.steps={MIX_STEPS}",
-            "optim.warmup_steps=10", "train.log_every=20", f"train.checkpoint_every={MIX_STEPS}", "train.threads=1",
+            "optim.warmup_steps=6", "train.log_every=10", f"train.checkpoint_every={MIX_STEPS}", "train.threads=1",
             f"data.text_heldout={HELDOUT_TEXT}"] + ([f"data.text_mixture={TEXT_DATA}", f"data.text_ratio={ratio}"]
                                                   if ratio else []))
         start, load_before = time.perf_counter(), load_average()
