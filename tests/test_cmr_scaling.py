@@ -62,3 +62,23 @@ def test_points_from_runs_reads_ratio_and_logged_losses(tmp_path):
         (run / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     ratios, samples, losses = points_from_runs([tmp_path / "r0.25", tmp_path / "r0.5"])
     assert (ratios, samples, losses) == ([0.25, 0.5], [640.0, 640.0], [2.25, 2.5])
+
+
+def test_cli_fits_runs_and_prints_the_critical_ratio(tmp_path, capsys):
+    from vlalign.cli import main
+
+    law = CMRLaw(**TRUE, rmse=0.0)
+    runs = []
+    for ratio in (0.1, 0.3, 0.6, 1.0):
+        run = tmp_path / f"r{ratio}"
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"text_ratio": ratio}}))
+        rows = [{"step": 0, "samples_seen": 0, "text/heldout_loss": 2.0}]
+        rows += [{"step": s, "samples_seen": 100 * s, "text/heldout_loss": float(law.predict(ratio, 100 * s))}
+                 for s in (5, 10, 20, 40, 80, 160)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+        runs.append(str(run))
+    assert main(["cmr", *runs, "--tolerance", "0.1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["reference"] == 2.0 and printed["budget_samples"] == 16_000
+    assert printed["critical_text_ratio"] == pytest.approx(law.critical_ratio(16_000, 2.0, 0.1), rel=0.02)

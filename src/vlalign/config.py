@@ -340,7 +340,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.activation": ("sparsemax", "softmax"),
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
-                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt"),
+                       "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt", "text-mlm"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "bottleneck"),
     "train.nonfinite_policy": ("error", "skip"),
@@ -609,7 +609,7 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
     if not 0 <= d.text_ratio < 1 or (d.text_ratio > 0) != bool(d.text_mixture):
         raise ConfigError(f"In {source}: data.text_ratio={d.text_ratio} must be in [0, 1) and set (> 0) together with "
                           f"data.text_mixture={d.text_mixture!r}, the text-only data spec, e.g. shapes-qa:n=3000,seed=3.")
-    if (d.text_ratio > 0 or d.text_heldout) and (cfg.model.arch == "dual-encoder" or d.pack_length):
+    if (d.text_ratio > 0 or d.text_heldout) and (cfg.model.arch not in ("lm", "vlm") or d.pack_length):
         raise ConfigError(f"In {source}: data.text_ratio / data.text_heldout are for the generative archs (lm, vlm) "
                           "without data.pack_length.")
     if d.text_ratio > 0 and (cfg.model.arch != "vlm" or cfg.objective.name != "generative"):

@@ -123,3 +123,13 @@ def points_from_runs(run_dirs: list[str | Path], loss_key: str = "text/heldout_l
                 samples.append(float(row["samples_seen"]))
                 losses.append(float(row[loss_key]))
     return ratios, samples, losses
+
+
+def start_loss(run_dirs: list[str | Path], loss_key: str = "text/heldout_loss") -> float:
+    """Mean of the runs' step-0 ``loss_key`` (the language model before the mixture stage changed it)."""
+    values = [json.loads(line)[loss_key] for run_dir in map(Path, run_dirs)
+              for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["step"] == 0 and loss_key in json.loads(line)]
+    if not values:
+        raise ConfigError(f"None of {', '.join(map(str, run_dirs))} logged {loss_key} at step 0; pass --reference.")
+    return sum(values) / len(values)
