@@ -137,6 +137,16 @@ def add_efficiency_commands(sub) -> None:
     average.add_argument("--last", type=int, required=True, metavar="K", help="how many of the newest checkpoints")
     average.add_argument("--out", required=True, help="a new run directory for the averaged weights")
 
+    cmr = sub.add_parser("cmr", help="fit the CMR scaling law to text-mixture runs; predict the critical mixture ratio",
+                         description="Fit L(r, D) = a + b*D^-alpha + c*r^-beta (r = data.text_ratio, D = samples seen) "
+                         "to the held-out text losses the runs logged, and solve for the smallest text share whose "
+                         "predicted loss at --budget stays within --tolerance of --reference.")
+    cmr.add_argument("runs", nargs="+", metavar="RUN", help="runs trained with data.text_ratio > 0 and data.text_heldout")
+    cmr.add_argument("--budget", type=float, help="samples seen (default: the largest in the runs)")
+    cmr.add_argument("--tolerance", type=float, default=0.05, help="allowed rise of the text loss, nats (0.05)")
+    cmr.add_argument("--reference", type=float, help="the text loss to keep (default: the runs' mean at step 0)")
+    cmr.add_argument("--loss-key", default="text/heldout_loss", help="the metrics.jsonl key to fit")
+
     resolution = sub.add_parser("resolution", help="evaluate a dual-encoder run at several image sizes; pick the best",
                                 description="MindVL's test-time resolution search: score the run at each size "
                                 "(position embeddings interpolated) on --select, report --test too; prints JSON.")
@@ -373,6 +383,19 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_cmr(args) -> int:
+    from vlalign.eval.cmr import fit_cmr, points_from_runs, start_loss
+
+    points = points_from_runs(args.runs, args.loss_key)
+    law = fit_cmr(*points)
+    budget = args.budget or max(points[1])
+    reference = args.reference if args.reference is not None else start_loss(args.runs, args.loss_key)
+    print(json.dumps({"law": law.to_dict(), "points": len(points[0]), "budget_samples": budget,
+                      "reference": reference, "tolerance": args.tolerance,
+                      "critical_text_ratio": law.critical_ratio(budget, reference, args.tolerance)}, indent=1))
+    return 0
+
+
 def cmd_resolution(args) -> int:
     from vlalign.api import Aligner, load
     from vlalign.eval.resolution import resolution_search
@@ -431,7 +454,7 @@ def without_option(argv: list[str], name: str) -> list[str]:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
             "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export,
             "average": cmd_average, "resolution": cmd_resolution,
-            "merge": cmd_merge}
+            "merge": cmd_merge, "cmr": cmd_cmr}
 
 
 def main(argv: list[str] | None = None) -> int:

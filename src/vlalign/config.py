@@ -47,6 +47,12 @@ class DataConfig:
     # image sizes for equal consecutive parts of training, low to high, e.g. [16, 24, 32] (the last one usually
     # data.image_size); position embeddings are resampled to each grid (vlalign.train.curriculum); [] = off
     resolution_schedule: list[int] = field(default_factory=list)
+    # DeepSeek-VL text retention (arch vlm, objective generative; vlalign.data.text_mixture): this share of the
+    # steps are text-only batches from the data spec text_mixture; text_heldout: a data spec whose texts give
+    # metrics.jsonl's "text/heldout_loss" at every log step (and step 0)
+    text_mixture: str = ""
+    text_ratio: float = 0.0
+    text_heldout: str = ""
 
 
 @dataclass(kw_only=True)
@@ -176,6 +182,7 @@ class VideoConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     arch: str = "dual-encoder"  # "dual-encoder" (CLIP-style) | "lm" (text-only causal LM) | "vlm" (LLaVA-style)
+    # | "text-mlm" (the text tower alone, masked LM)
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
@@ -360,7 +367,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("exact", "resampled", "sequential"),
     "data.normalization": ("auto", "per_channel"),
     "model.vision.patch_embed": ("standard", "channel", "conv"),
-    "model.arch": ("dual-encoder", "lm", "vlm"),
+    "model.arch": ("dual-encoder", "lm", "vlm", "text-mlm"),
     "model.vision.pool": ("cls", "mean"),
     "model.vision.channel_sampling": ("none", "hcs"),
     "model.vision.channel_sampling_per": ("batch", "sample"),
@@ -372,7 +379,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fdt.pad_mode": ("neg_inf", "zero"),
     "objective.name": ("clip", "siglip", "fdt", "supervised", "generative", "cgvlm", "filip", "unicl", "ptp",
                        "fusion", "gpt4image", "medslip", "velvet", "ps3", "ctp", "salt",
-                       "video-mvm"),
+                       "video-mvm", "text-mlm"),
     "objective.pool": ("mean", "max"),
     "model.adapter.kind": ("none", "lora", "rank-lora", "bottleneck", "mma"),
     "model.adapter.gate": ("none", "module", "head", "element"),
@@ -390,7 +397,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
-GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm")}
+# "text-mlm": the dual encoder's text tower alone, masked-LM pre-training on captions (vlalign.models.text_mlm)
+GENERATIVE_OBJECTIVES = {"lm": ("generative",), "vlm": ("generative", "cgvlm"), "text-mlm": ("text-mlm",)}
 FREEZABLE_MODULES = ("vision", "connector", "decoder", "visual_experts")  # and sub-modules, e.g. connector.fc1
 
 # Fields that change the shape of a saved tensor or the meaning of a token: resuming with a
@@ -690,6 +698,16 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"In {source}: data.resolution_schedule changes the number of image tokens, which the "
                           f"'{cfg.model.arch}' arch's decoder positions / the conv stem's fixed grid do not allow; "
                           "use it with model.arch=dual-encoder and a standard or channel patch embedding.")
+    d = cfg.data
+    if not 0 <= d.text_ratio < 1 or (d.text_ratio > 0) != bool(d.text_mixture):
+        raise ConfigError(f"In {source}: data.text_ratio={d.text_ratio} must be in [0, 1) and set (> 0) together with "
+                          f"data.text_mixture={d.text_mixture!r}, the text-only data spec, e.g. shapes-qa:n=3000,seed=3.")
+    if (d.text_ratio > 0 or d.text_heldout) and (cfg.model.arch not in ("lm", "vlm") or d.pack_length):
+        raise ConfigError(f"In {source}: data.text_ratio / data.text_heldout are for the generative archs (lm, vlm) "
+                          "without data.pack_length.")
+    if d.text_ratio > 0 and (cfg.model.arch != "vlm" or cfg.objective.name != "generative"):
+        raise ConfigError(f"In {source}: data.text_ratio mixes text-only batches into a vlm's image-text training "
+                          "and needs model.arch=vlm with objective.name=generative (cgvlm's loss needs images).")
     if (vision.merge_r or any(vision.merge_schedule)) and cfg.model.arch != "dual-encoder":
         raise ConfigError(f"In {source}: model.vision.merge_r / merge_schedule apply to the dual encoder only; the "
                           f"'{cfg.model.arch}' arch feeds a fixed number of image tokens to its language model.")

@@ -21,6 +21,7 @@ from vlalign.models.classifier import LinearClassifier
 from vlalign.models.prefix import DatasetPrefix
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
+from vlalign.models.text_mlm import MaskedTextModel
 from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.token_merging import TokenMerging, merge_schedule
 from vlalign.models.video import (AttentionPool, FrameSampler, MaskedVideoModelling, MeanPool, SlowFastRouter,
@@ -162,6 +163,8 @@ def build_model(cfg: ModelConfig, image_size: int, vocab_size: int,
                 context_length: int) -> DualEncoder | VisionLanguageModel:
     if cfg.arch in ("lm", "vlm"):
         return build_vlm(cfg, image_size, vocab_size, context_length)
+    if cfg.arch == "text-mlm":  # the text tower alone, masked-LM pre-training (vlalign.models.text_mlm)
+        return MaskedTextModel(build_text(cfg, vocab_size, context_length), vocab_size)
     vision = build_vision(cfg, image_size)
     text = build_text(cfg, vocab_size, context_length)
     image_head, text_head = build_heads(cfg, vision.width, text.width)

@@ -58,7 +58,8 @@ def text_tower_source(run_dirs: list[str], modules: list[str] | tuple[str, ...] 
     for run_dir in run_dirs:
         run_checkpoint(run_dir)
         saved = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("model", {})
-        if saved.get("arch", "dual-encoder") == "dual-encoder" and saved.get("text", {}).get("tower", "vlalign") == "vlalign":
+        if saved.get("arch", "dual-encoder") in ("dual-encoder", "text-mlm") \
+                and saved.get("text", {}).get("tower", "vlalign") == "vlalign":
             found = Path(run_dir)
     return found
 

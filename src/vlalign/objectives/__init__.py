@@ -231,3 +231,4 @@ from vlalign.objectives import continual as _continual  # noqa: E402,F401  (CTP,
 from vlalign.objectives import salt as _salt  # noqa: E402,F401  (catalogue issue 12)
 # Issue 13 item 8: video-text (E-ViLM's masked video modelling).
 from vlalign.objectives import video as _video  # noqa: E402,F401
+from vlalign.objectives import text_mlm as _text_mlm  # noqa: E402,F401  (catalogue issue 12, tiny LMs)

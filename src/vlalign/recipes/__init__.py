@@ -574,3 +574,21 @@ def moving_shapes_video() -> RunConfig:
     cfg.eval.tasks = ["video-retrieval", "motion"]
     cfg.eval.retrieval_n = 500
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue issue 12 (tiny language models; docs/efficiency.md): masked-LM pre-training of the text tower.
+
+
+@recipe
+def text_mlm() -> RunConfig:
+    """The default recipe's text tower alone, masked LM on captions; start a CLIP run from it with
+    model.init_from=[runs/text-mlm] and model.init_modules=[text] (same model.text.* and context length)."""
+    cfg = RunConfig()
+    cfg.data.train = "shapes:n=20000,seed=6"
+    cfg.model.arch = "text-mlm"
+    cfg.objective.name = "text-mlm"
+    cfg.optim.lr = 1e-3
+    cfg.train.steps = 300
+    cfg.eval.tasks = []
+    return cfg

@@ -25,6 +25,7 @@ from vlalign.data.specs import build_source
 from vlalign.data.tokenizer import TextTokenizer, train_tokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_statistics
 from vlalign.data.teacher_view import TeacherView
+from vlalign.data.text_mixture import MixtureLoader
 from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView, View
 from vlalign.errors import ConfigError
 from vlalign.models import DualEncoder, build_model
@@ -39,6 +40,7 @@ from vlalign.objectives import Objective, build_objective
 from vlalign.train.acceleration import enable_grad_checkpointing
 from vlalign.train.continual import ContinualTeachers
 from vlalign.train.vq import pretrain_tokenizer
+from vlalign.train.text_retention import HeldoutText
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ class Components:
     objective: Objective
     loader: Loader
     teachers: ContinualTeachers | None = None  # CTP's reference and momentum models (objective "ctp")
+    heldout: HeldoutText | None = None  # data.text_heldout: the LM's text loss, logged (DeepSeek-VL retention)
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
@@ -179,9 +182,17 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
                     collate_fn=collate_fn, order=cfg.data.order)
+    if cfg.data.text_ratio > 0:  # DeepSeek-VL: text-only batches in share text_ratio (vlalign.data.text_mixture)
+        text_loader = Loader(build_source(cfg.data.text_mixture), tokenizer, transform, cfg.data.batch_size // world,
+                             cfg.data.context_length, seed=cfg.train.seed + 1, rank=rank, world=world,
+                             max_skip_fraction=cfg.data.max_skip_fraction, order=cfg.data.order,
+                             collate_fn=functools.partial(collate_generative, with_image=False))
+        loader = MixtureLoader(loader, text_loader, cfg.data.text_ratio)
+    heldout = HeldoutText(build_source(cfg.data.text_heldout), tokenizer, cfg.data.context_length) \
+        if cfg.data.text_heldout else None
     teachers = ContinualTeachers(model, cfg.model.init_from, cfg.objective.ctp.momentum) \
         if cfg.objective.name == "ctp" else None
-    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, teachers)
+    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, teachers, heldout)
 
 
 def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ...]:

@@ -87,6 +87,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     if state.step >= cfg.train.steps:
         return state
 
+    if parts.heldout is not None and state.step == 0:  # the LM's text loss before this run changes it
+        metrics.write({"step": 0, "samples_seen": 0, "text/heldout_loss": parts.heldout.loss(model)})
     throughput = Throughput(dist.world_size())
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not (progress and dist.is_main()),
                desc="train", unit="step", dynamic_ncols=True)
@@ -119,7 +121,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                     metrics.write({"step": state.step, **step_metrics, **throughput.record(),
                                    "samples_seen": state.samples_seen, "epoch": loader.epoch,
                                    "data/skipped": int(dist.all_reduce_sum(loader.skips.skipped)),
-                                   "skipped_steps": state.skipped_steps, **({"image_size": size} if size else {})})
+                                   "skipped_steps": state.skipped_steps, **({"image_size": size} if size else {}),
+                                   **text_retention_metrics(parts, model)})
             periodic = step_metrics is not None and (
                 state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps)
             if periodic or stopping:
@@ -130,6 +133,15 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                                    "Rerun the same command to resume.")
     bar.close()
     return state
+
+
+def text_retention_metrics(parts, model) -> dict:
+    """DeepSeek-VL's mixture and retention (data.text_ratio / data.text_heldout): the share of text-only
+    batches so far and the language model's held-out text loss."""
+    out = {"mix/text_fraction": parts.loader.text_fraction} if hasattr(parts.loader, "text_fraction") else {}
+    if parts.heldout is not None:
+        out["text/heldout_loss"] = parts.heldout.loss(model)
+    return out
 
 
 def check_layout(cfg: RunConfig) -> None:
