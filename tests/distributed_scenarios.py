@@ -45,9 +45,9 @@ def random_captions(g: torch.Generator, size: int) -> torch.Tensor:
     return ids
 
 
-def global_batch(seed: int = 0, size: int = GLOBAL_BATCH, negatives: bool = False) -> dict:
+def global_batch(seed: int = 0, size: int = GLOBAL_BATCH, negatives: bool = False, paraphrases: bool = False) -> dict:
     """Random images and captions of random lengths, the same on every rank; with ``negatives`` also
-    hard-negative captions, about a quarter of them invalid."""
+    hard-negative captions, about a quarter of them invalid, and likewise with ``paraphrases`` positive ones."""
     g = torch.Generator().manual_seed(seed)
     ids = random_captions(g, size)
     batch = {"images": torch.randn(size, 3, IMAGE, IMAGE, generator=g), "text_ids": ids, "text_mask": ids != 0,
@@ -56,7 +56,16 @@ def global_batch(seed: int = 0, size: int = GLOBAL_BATCH, negatives: bool = Fals
         negative_ids = random_captions(g, size)
         batch |= {"negative_ids": negative_ids, "negative_mask": negative_ids != 0,
                   "negative_valid": torch.rand(size, generator=g) > 0.25}
+    if paraphrases:
+        paraphrase_ids = random_captions(g, size)
+        batch |= {"paraphrase_ids": paraphrase_ids, "paraphrase_mask": paraphrase_ids != 0,
+                  "paraphrase_valid": torch.rand(size, generator=g) > 0.25}
     return batch
+
+
+def scenario_batch(name: str) -> dict:
+    """The global batch of an equivalence scenario: "clip", "clip+negatives", "clip+negatives+paraphrases", ..."""
+    return global_batch(negatives="+negatives" in name, paraphrases="+paraphrases" in name)
 
 
 def local_part(batch: dict, rank: int, world: int) -> dict:
@@ -86,9 +95,9 @@ def train_cfg():
 
 def equivalence(rank: int, world: int, out: Path) -> None:
     """Loss and gradients of one global batch of 64, split over ranks (and micro-batches); then 3 steps."""
-    for name in ("clip", "siglip", "clip+negatives", "siglip+negatives"):
-        batch = local_part(global_batch(negatives=name.endswith("+negatives")), rank, world)
-        objective = build_objective(ObjectiveConfig(name=name.removesuffix("+negatives")))
+    for name in ("clip", "siglip", "clip+negatives", "siglip+negatives", "clip+negatives+paraphrases"):
+        batch = local_part(scenario_batch(name), rank, world)
+        objective = build_objective(ObjectiveConfig(name=name.split("+")[0]))
         for label, strategy, accum in (("2x32", Replicate(), 1), ("2x16x2", Replicate(), 2), ("fsdp2x32", FullyShard(), 1)):
             model = strategy.wrap(micro_model())
             loss, _ = forward_backward(model, objective, batch, accum)

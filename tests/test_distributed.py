@@ -43,15 +43,16 @@ def two_ranks(tmp_path_factory):
 
 def one_process(name: str, accum: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = scenarios.micro_model()
-    objective = build_objective(ObjectiveConfig(name=name.removesuffix("+negatives")))
-    loss, _ = forward_backward(model, objective, scenarios.global_batch(negatives=name.endswith("+negatives")), accum)
+    objective = build_objective(ObjectiveConfig(name=name.split("+")[0]))
+    loss, _ = forward_backward(model, objective, scenarios.scenario_batch(name), accum)
     return loss, scenarios.gradients(model)
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip", "clip+negatives", "siglip+negatives"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "clip+negatives", "siglip+negatives", "clip+negatives+paraphrases"])
 def test_global_batch_64_is_the_same_loss_and_gradient_however_it_is_split(two_ranks, name):
     """1 x 64 vs 1 x 16 x accum 4 (GradCache), 2 ranks x 32, 2 x 16 x 2, and 2 x 32 under FSDP2;
-    "+negatives": with hard-negative captions, gathered across ranks like the true ones."""
+    "+negatives": with hard-negative captions, gathered across ranks like the true ones; "+paraphrases": with
+    positive paraphrases, a second positive column per image, gathered likewise."""
     loss, grads = one_process(name, accum=1)
     variants = {"1x16x4": one_process(name, accum=4)}
     for label in ("2x32", "2x16x2", "fsdp2x32"):

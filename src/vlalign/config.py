@@ -279,6 +279,9 @@ class ObjectiveConfig:
     # clip/siglip/fdt: word-swap hard-negative captions as extra text negatives (NegCLIP/SVLC), any of
     # "colour", "size", "shape", "relation" (vlalign.data.negatives); [] = none
     hard_negatives: list[str] = field(default_factory=list)
+    # clip/fdt: a positive paraphrase of every caption as a second positive text of its image (SVLC;
+    # vlalign.data.paraphrases), multi-positive InfoNCE; false = CLIP's one positive
+    positive_paraphrases: bool = False
     # Also: "filip" (token-wise late interaction, needs model.head=tokens) | "unicl" (label-aware InfoNCE:
     # samples of a labelled set sharing a class are positives) | "ptp" (clip + position-prompt InfoNCE)
     ptp_weight: float = 1.0  # ptp: w in L = L_clip + w·L_prompt (PTP, Wang et al. 2023)
@@ -469,6 +472,9 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     if cfg.objective.hard_negatives and cfg.objective.name not in ("clip", "siglip", "fdt"):
         raise ConfigError(f"In {source}: objective.hard_negatives needs a contrastive objective (clip, siglip, fdt), "
                           f"not '{cfg.objective.name}'.")
+    if cfg.objective.positive_paraphrases and cfg.objective.name not in ("clip", "fdt"):
+        raise ConfigError(f"In {source}: objective.positive_paraphrases needs a softmax contrastive objective "
+                          f"(clip, fdt), not '{cfg.objective.name}'.")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"Config key 'data.fraction' in {source} must be in (0, 1], got {cfg.data.fraction}.")
     _validate_catalogue(cfg, source)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlalign.data.negatives import negatives_for
+from vlalign.data.paraphrases import paraphrases_for
 from vlalign.data.ptp import sample_prompt
 from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.tokenizer import TextTokenizer
@@ -128,7 +129,8 @@ def read_samples(source: Source, indices: list[int]) -> tuple[list, list[tuple[s
 
 def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, context_length: int,
             transform: ImageTransform, negative_kinds: tuple[str, ...] = (), negative_seed: int = 0,
-            position_prompts: str = "none", with_text_types: bool = False, views: tuple[View, ...] = ()) -> dict:
+            position_prompts: str = "none", with_text_types: bool = False, views: tuple[View, ...] = (),
+            paraphrases: bool = False) -> dict:
     """Image-caption pairs for the dual encoder. A batch with no readable sample has no ``text_ids``.
 
     With ``negative_kinds`` every caption also gets a word-swap hard negative
@@ -137,6 +139,8 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
     ``prompt_ids``/``prompt_mask`` [B, L], "concat" appends the prompt to the caption. ``with_text_types``
     adds ``text_types`` [B] (1 for image-label samples, ``meta["text_type"] == "label"``, else 0).
     Each of ``views`` (``vlalign.data.views``) adds the entries an auxiliary objective reads.
+    With ``paraphrases`` every caption also gets a positive paraphrase (``vlalign.data.paraphrases``, drawn
+    with ``negative_seed``): ``paraphrase_ids``/``paraphrase_mask`` and ``paraphrase_valid`` [B] bool.
     """
     samples, skips = read_samples(source, indices)
     if not samples:
@@ -166,7 +170,15 @@ def collate(source: Source, indices: list[int], tokenizer: TextTokenizer, contex
         valid = torch.tensor(valid) & (negative_ids != ids).any(dim=1)  # [B]
         negatives = {"negative_ids": negative_ids, "negative_mask": negative_mask,  # [B, L]
                      "negative_valid": valid}
-    return negatives | extra | {
+    positives = {}
+    if paraphrases:
+        texts, valid = paraphrases_for(samples, negative_seed)
+        paraphrase_ids, paraphrase_mask = tokenizer(texts, context_length)
+        # A paraphrase that truncates to the caption's tokens adds nothing but a duplicate column.
+        valid = torch.tensor(valid) & (paraphrase_ids != ids).any(dim=1)  # [B]
+        positives = {"paraphrase_ids": paraphrase_ids, "paraphrase_mask": paraphrase_mask,  # [B, L]
+                     "paraphrase_valid": valid}
+    return negatives | positives | extra | {
         "images": images,  # [B, C, H, W]
         "channel_ids": channel_ids,  # [B, C] original channel indices
         "text_ids": ids,  # [B, L]

@@ -38,6 +38,7 @@ class AlignmentOutput:
     # shape (all-padding rows give zeros), images [B, E]; all L2-normalised.
     extra_text_embeds: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_image_embeds: dict[str, torch.Tensor] = field(default_factory=dict)
+    paraphrase_embeds: torch.Tensor | None = None  # [B, E] L2-normalised positive paraphrases, when given
 
 
 class PooledProjection(nn.Module):
@@ -162,9 +163,12 @@ class DualEncoder(nn.Module):
                 text_types: torch.Tensor | None = None,
                 prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                 extra_texts: dict[str, torch.Tensor] | None = None,
-                extra_images: dict[str, torch.Tensor] | None = None) -> AlignmentOutput:
+                extra_images: dict[str, torch.Tensor] | None = None,
+                paraphrase_ids: torch.Tensor | None = None,
+                paraphrase_mask: torch.Tensor | None = None) -> AlignmentOutput:
         """``negative_ids``/``negative_mask`` [B, L]: hard-negative captions, embedded by the text tower
         into ``negative_embeds`` (inside forward, so that DDP sees every use of the weights); likewise
+        ``paraphrase_ids``/``paraphrase_mask`` [B, L] (positive paraphrases) into ``paraphrase_embeds``,
         ``prompt_ids``/``prompt_mask`` [B, L] into ``prompt_embeds``, ``extra_texts`` (name -> ids [B, ..., L])
         into ``extra_text_embeds`` and ``extra_images`` (name -> [B, C, H, W]) into ``extra_image_embeds``.
         ``text_types`` [B]: the type of each text (caption or label) for the text prefix; negatives,
@@ -181,9 +185,11 @@ class DualEncoder(nn.Module):
             extras["class_logits"] = self.classifier(vision)
         for name, head in (self.image_heads or {}).items():
             extras[name] = head(vision)[0]
-        negative_embeds = prompt_embeds = None
+        negative_embeds = prompt_embeds = paraphrase_embeds = None
         if negative_ids is not None:
             negative_embeds = self.text_head(self.text_features(negative_ids, negative_mask, None, fast))[0]
+        if paraphrase_ids is not None:
+            paraphrase_embeds = self.text_head(self.text_features(paraphrase_ids, paraphrase_mask, None, fast))[0]
         if prompt_ids is not None:
             prompt_embeds = self.text_head(self.text_features(prompt_ids, prompt_mask))[0]
         extra_text_embeds = {name: self._embed_texts(ids) for name, ids in (extra_texts or {}).items()}
@@ -194,7 +200,8 @@ class DualEncoder(nn.Module):
                                       self.logit_scale.exp(), text_ids)
         return AlignmentOutput(image_embeds, text_embeds, self.logit_scale.exp(), self.logit_bias, vision, text,
                                extras, negative_embeds, prompt_embeds, fusion=fusion,
-                               extra_text_embeds=extra_text_embeds, extra_image_embeds=extra_image_embeds)
+                               extra_text_embeds=extra_text_embeds, extra_image_embeds=extra_image_embeds,
+                               paraphrase_embeds=paraphrase_embeds)
 
     def _embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, ..., L] (0 = padding) -> [B, ..., E]; rows without a token are not run and embed as zeros."""

@@ -53,10 +53,18 @@ def _negatives(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor | None, 
     return out.negative_embeds, batch["negative_valid"].to(out.negative_embeds.device)
 
 
+def _paraphrases(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Positive-paraphrase embeddings [B, E] and their validity [B], or (None, None)."""
+    if out.paraphrase_embeds is None:
+        return None, None
+    return out.paraphrase_embeds, batch["paraphrase_valid"].to(out.paraphrase_embeds.device)
+
+
 @register("clip", embeddings_only=True)
 def clip_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch))
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch),
+                         *_paraphrases(out, batch))
         return loss, {"loss/clip": loss.item()}
 
     return objective
@@ -80,7 +88,8 @@ def fdt_objective(cfg: ObjectiveConfig) -> Objective:
     def objective(out: AlignmentOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if "image_fdt_weights" not in out.extras:
             raise ConfigError("objective.name=fdt needs model.head=fdt (the FDT head provides the code weights).")
-        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch))
+        loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, *_negatives(out, batch),
+                         *_paraphrases(out, batch))
         stats = code_usage_stats(out.extras["image_fdt_weights"], out.extras["text_fdt_weights"])
         return loss, {"loss/fdt": loss.item(), **stats}
 

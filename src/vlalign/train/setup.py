@@ -175,7 +175,8 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
     collate_fn = functools.partial(collate, negative_kinds=tuple(cfg.objective.hard_negatives),
                                    negative_seed=cfg.train.seed, position_prompts=position_prompts(cfg),
                                    with_text_types=cfg.model.text.prefix_tokens > 0 or cfg.objective.name == "unicl",
-                                   views=batch_views(cfg, source, run_dir))
+                                   views=batch_views(cfg, source, run_dir),
+                                   paraphrases=cfg.objective.positive_paraphrases)
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,

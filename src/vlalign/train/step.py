@@ -41,7 +41,8 @@ def batch_size(batch: dict) -> int:
 
 
 # Optional keyword inputs of the dual encoder's forward, passed only when the batch has them.
-OPTIONAL_INPUTS = ("text_types", "prompt_ids", "prompt_mask", "extra_texts", "extra_images")
+OPTIONAL_INPUTS = ("text_types", "prompt_ids", "prompt_mask", "extra_texts", "extra_images", "paraphrase_ids",
+                   "paraphrase_mask")
 
 
 def model_inputs(batch: dict) -> tuple[tuple, dict]:
@@ -88,7 +89,7 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int,
     """
     micro = split_batch(batch, accum_steps)
     device = _device(model)
-    rng_states, images, texts, negatives = [], [], [], []
+    rng_states, images, texts, negatives, paraphrases = [], [], [], [], []
     with torch.no_grad():
         for part in micro:
             rng_states.append(_rng_snapshot())
@@ -98,26 +99,30 @@ def grad_cache(model: nn.Module, objective, batch: dict, accum_steps: int,
             images.append(out.image_embeds)
             texts.append(out.text_embeds)
             negatives.append(out.negative_embeds)
+            paraphrases.append(out.paraphrase_embeds)
     after_first_pass = _rng_snapshot()
     image = torch.cat(images).requires_grad_()  # [B, E]
     text = torch.cat(texts).requires_grad_()  # [B, E]
     negative = None if negatives[0] is None else torch.cat(negatives).requires_grad_()  # [B, E]
+    paraphrase = None if paraphrases[0] is None else torch.cat(paraphrases).requires_grad_()  # [B, E]
     cached = AlignmentOutput(image, text, model.logit_scale.exp(), model.logit_bias, vision=None, text=None,
-                             negative_embeds=negative)
+                             negative_embeds=negative, paraphrase_embeds=paraphrase)
     loss, metrics = objective(cached, batch)
-    loss.backward()  # -> image.grad, text.grad (negative.grad) and the logit scale/bias gradients
+    loss.backward()  # -> image.grad, text.grad (negative.grad, paraphrase.grad) and the logit scale/bias gradients
     sizes = [part["images"].shape[0] for part in micro]
     negative_grads = [None] * len(micro) if negative is None else negative.grad.split(sizes)
-    for part, state, g_image, g_text, g_negative in zip(micro, rng_states, image.grad.split(sizes),
-                                                        text.grad.split(sizes), negative_grads):
+    paraphrase_grads = [None] * len(micro) if paraphrase is None else paraphrase.grad.split(sizes)
+    for part, state, g_image, g_text, g_negative, g_paraphrase in zip(
+            micro, rng_states, image.grad.split(sizes), text.grad.split(sizes), negative_grads, paraphrase_grads):
         _rng_restore(state)
         args, kwargs = model_inputs(part)
         with autocast(dtype, device):
             out = model(*args, **kwargs, **forward_kwargs(objective))
         outputs, grads = [out.image_embeds, out.text_embeds], [g_image, g_text]
-        if g_negative is not None:
-            outputs.append(out.negative_embeds)
-            grads.append(g_negative)
+        for embeds, grad in ((out.negative_embeds, g_negative), (out.paraphrase_embeds, g_paraphrase)):
+            if grad is not None:
+                outputs.append(embeds)
+                grads.append(grad)
         torch.autograd.backward(outputs, grads)
     _rng_restore(after_first_pass)
     return loss.detach(), metrics
