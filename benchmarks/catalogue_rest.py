@@ -466,6 +466,9 @@ def vilam3_md(data: dict) -> list[str]:
              "| arm | " + " | ".join(kinds) + " |", "| --- | " + " | ".join("---" for _ in kinds) + " |"]
     for arm, by_kind in data["arms"].items():
         lines.append(f"| {arm} | " + " | ".join(mean_std(by_kind[k]) for k in kinds) + " |")
+    lines += ["", "Reading: the report helps only where the tiny LM learnt to use it in 300 steps (count questions); "
+              "colour and shape answers do not copy the report's words yet, and a report the model never saw in "
+              "training hurts (inference only). VILA-M3's gain is not reproduced at this budget."]
     return lines
 
 
