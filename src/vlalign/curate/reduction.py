@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from vlalign.curate.similarity_filter import Selection
+from vlalign.curate.similarity_filter import Selection, readable_batches
 from vlalign.data.convert import ConvertReport, convert
-from vlalign.data.sample import CorruptSample, Source
+from vlalign.data.sample import Source
 from vlalign.errors import DataError
 
 SUMMARY_FILE = "reduce.json"
@@ -106,16 +106,8 @@ def random_subset(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
 def pair_embeddings(aligner, source: Source, batch_size: int = 256) -> tuple[torch.Tensor, list[int]]:
     """[M, 2E] concatenated unit-norm image and caption embeddings of the readable samples, and their indices."""
     rows, readable = [], []
-    for start in range(0, len(source), batch_size):
-        images, captions = [], []
-        for i in range(start, min(len(source), start + batch_size)):
-            try:
-                sample = source[i]
-            except CorruptSample:
-                continue
-            readable.append(i)
-            images.append(sample.image)
-            captions.append(sample.caption)
+    for _, indices, images, captions in readable_batches(source, batch_size):
+        readable += indices
         if images:
             rows.append(torch.cat([aligner.encode_image(images), aligner.encode_text(captions)], 1).float())
     if not rows:

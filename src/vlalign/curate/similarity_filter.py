@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,22 @@ def score_pairs(aligner, source: Source, batch_size: int = 256, progress: bool =
     whose embeddings are unit-norm); NaN for samples that cannot be read."""
     scores = torch.full((len(source),), math.nan)
     bar = tqdm(total=len(source), desc="score", unit="pair", disable=not progress, dynamic_ncols=True)
+    for span, readable, images, captions in readable_batches(source, batch_size):
+        if readable:
+            image, text = aligner.encode_image(images), aligner.encode_text(captions)  # [b, E] each
+            scores[readable] = (image * text).sum(-1).float()
+        bar.update(span)
+    bar.close()
+    return scores
+
+
+def readable_batches(source: Source, batch_size: int) -> Iterator[tuple[int, list[int], list, list[str]]]:
+    """Consecutive blocks of ``batch_size`` positions: (block length, indices of the readable samples,
+    their images, their captions). Unreadable samples are left out; the caller decides what they count as."""
     for start in range(0, len(source), batch_size):
+        stop = min(len(source), start + batch_size)
         readable, images, captions = [], [], []
-        for i in range(start, min(len(source), start + batch_size)):
+        for i in range(start, stop):
             try:
                 sample = source[i]
             except CorruptSample:
@@ -68,12 +82,7 @@ def score_pairs(aligner, source: Source, batch_size: int = 256, progress: bool =
             readable.append(i)
             images.append(sample.image)
             captions.append(sample.caption)
-        if readable:
-            image, text = aligner.encode_image(images), aligner.encode_text(captions)  # [b, E] each
-            scores[readable] = (image * text).sum(-1).float()
-        bar.update(min(len(source), start + batch_size) - start)
-    bar.close()
-    return scores
+        yield stop - start, readable, images, captions
 
 
 def keep_mask(scores: torch.Tensor, drop_fraction: float) -> torch.Tensor:
