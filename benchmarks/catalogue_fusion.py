@@ -19,22 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from catalogue_objectives import BASE, TRAIN, headline
+from catalogue_objectives import BASE, TRAIN, headline, metrics_table, train_arm
 
 from vlalign.api import Aligner, load
-from vlalign.config import apply_overrides
 from vlalign.data.specs import build_source
 from vlalign.eval import run_tasks
 from vlalign.eval.tasks import load_arrays
 from vlalign.models.fusion import FiberFusion
-from vlalign.recipes import get_recipe
-from vlalign.train import run_training
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_STEPS = 250
@@ -122,16 +118,7 @@ def fusion_state(model: Aligner) -> dict:
 
 
 def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
-    out = work / arm.name
-    overrides = [*BASE, *arm.overrides, f"train.steps={steps}", f"train.checkpoint_every={steps}",
-                 f"eval.zeroshot_n={eval_n}", f"eval.retrieval_n={eval_n}"]
-    if arm.from_clip:
-        overrides.append(f"model.init_from=[{work / 'clip'}]")
-    cfg = apply_overrides(get_recipe("shapes-clip"), overrides)
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume of an earlier one
-    start = time.perf_counter()
-    run_training(cfg, out, progress=False)
-    seconds = time.perf_counter() - start
+    cfg, out, start, seconds = train_arm(arm, steps, work, eval_n, arm.from_clip)
     model = load(out)
     tasks = ["zeroshot", "compositional", "retrieval"]
     fused = cfg.model.fusion.kind != "none"
@@ -211,12 +198,8 @@ def write(rows: list[dict], runs: list[dict], eval_n: int) -> None:
          "~0.15 are not evidence. The fusion arms also cost more per step (3 fused pairs per sample for ITM, one "
          "more text pass for MLM), so `train s` is part of the comparison."),
         "",
-        "| arm | " + " | ".join(METRICS) + " | train s |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        *metrics_table(rows, METRICS, label),
     ]
-    for r in rows:
-        cells = [f"{r[k]:.3f}" if k in r else "–" for k in METRICS]
-        lines.append(f"| {label(r)} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
         arm = arms[r["arm"]]

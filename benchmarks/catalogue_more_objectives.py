@@ -18,24 +18,20 @@ import argparse
 import json
 import multiprocessing
 import platform
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import torch
-from catalogue_objectives import BASE, TRAIN, Arm
+from catalogue_objectives import BASE, TRAIN, Arm, metrics_table, train_arm
 
 from vlalign.api import Aligner, load
-from vlalign.config import apply_overrides
 from vlalign.data.shapes import COLOURS, SHAPES
 from vlalign.data.specs import build_source
 from vlalign.eval import run_tasks
 from vlalign.eval.binding import cross_modal_retrieval
 from vlalign.eval.tasks import load_arrays
-from vlalign.recipes import get_recipe
-from vlalign.train import run_training
 
 RESULTS = Path(__file__).parent / "results"
 EDGES = [f"data.train=edges:{TRAIN}", "data.eval=edges:shapes:n=1000,seed=1", "model.vision.in_channels=1"]
@@ -143,16 +139,7 @@ def classifier_accuracy(model: Aligner, spec: str, n: int) -> float:
 
 
 def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
-    out = work / arm.name
-    overrides = [*BASE, *arm.overrides, f"train.steps={steps}", f"train.checkpoint_every={steps}",
-                 f"eval.zeroshot_n={eval_n}", f"eval.retrieval_n={eval_n}"]
-    if "model.text.lock_projection=true" in arm.overrides:
-        overrides.append(f"model.init_from=[{work / 'clip'}]")
-    cfg = apply_overrides(get_recipe("shapes-clip"), overrides)
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume of an earlier one
-    start = time.perf_counter()
-    run_training(cfg, out, progress=False)
-    seconds = time.perf_counter() - start
+    cfg, out, start, seconds = train_arm(arm, steps, work, eval_n, "model.text.lock_projection=true" in arm.overrides)
     model = load(out)
     row = {"arm": arm.name, "steps": steps, "train_seconds": round(seconds, 1)}
     if cfg.model.num_classes:  # Fashion-MNIST classifiers
@@ -211,12 +198,8 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
         *([f"This invocation ran {', '.join(args.arms)} (`--keep-rows`); the other rows come from an earlier one with "
            "the same settings (training is deterministic: rerunning an arm gives the same row).", ""]
           if args.keep_rows else []),
-        "| arm | " + " | ".join(METRICS) + " | train s |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        *metrics_table(rows, METRICS, lambda r: r["arm"]),
     ]
-    for r in rows:
-        cells = [f"{r[k]:.3f}" if k in r else "–" for k in METRICS]
-        lines.append(f"| {r['arm']} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
         arm = arms[r["arm"]]

@@ -19,13 +19,14 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vlalign.api import Aligner, load
-from vlalign.config import apply_overrides
+from vlalign.config import RunConfig, apply_overrides
 from vlalign.eval import run_tasks
 from vlalign.models.prefix import LABEL
 from vlalign.recipes import SHAPES_HOLDOUT, get_recipe
@@ -110,17 +111,32 @@ def headline(results: list[dict]) -> dict[str, float]:
     return out
 
 
-def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
+def train_arm(arm: Arm, steps: int, work: Path, eval_n: int, from_clip: bool) -> tuple[RunConfig, Path, float, float]:
+    """Train one arm on BASE in a fresh ``work/<arm>`` (``from_clip``: starting from the clip arm's run).
+    -> (config, run directory, start time, training seconds). Shared by the catalogue benchmarks."""
     out = work / arm.name
     overrides = [*BASE, *arm.overrides, f"train.steps={steps}", f"train.checkpoint_every={steps}",
                  f"eval.zeroshot_n={eval_n}", f"eval.retrieval_n={eval_n}"]
-    if "model.vision.locked=true" in arm.overrides:
+    if from_clip:
         overrides.append(f"model.init_from=[{work / 'clip'}]")
     cfg = apply_overrides(get_recipe("shapes-clip"), overrides)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume of an earlier one
     start = time.perf_counter()
     run_training(cfg, out, progress=False)
-    seconds = time.perf_counter() - start
+    return cfg, out, start, time.perf_counter() - start
+
+
+def metrics_table(rows: list[dict], metrics: list[str], label: Callable[[dict], str]) -> list[str]:
+    """Markdown lines: one row per run, ``metrics`` to 3 decimals ("–" where absent), then training seconds."""
+    lines = ["| arm | " + " | ".join(metrics) + " | train s |", "|---|" + "---|" * (len(metrics) + 1)]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if k in r else "–" for k in metrics]
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
+    return lines
+
+
+def run_arm(arm: Arm, steps: int, work: Path, eval_n: int) -> dict:
+    cfg, out, start, seconds = train_arm(arm, steps, work, eval_n, "model.vision.locked=true" in arm.overrides)
     model = load(out)
     row = {"arm": arm.name, "steps": steps, "train_seconds": round(seconds, 1),
            **headline(run_tasks(model, ["zeroshot", "compositional", "retrieval", "grounding",
@@ -166,12 +182,8 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
          "present, so a model that favours one of them scores near 0.25. No arm learns positions in this budget "
          "(grounding stays near chance); the papers' effects need far longer training or pre-trained towers."),
         "",
-        "| arm | " + " | ".join(METRICS) + " | train s |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        *metrics_table(rows, METRICS, lambda r: r["arm"]),
     ]
-    for r in rows:
-        cells = [f"{r[k]:.3f}" if k in r else "–" for k in METRICS]
-        lines.append(f"| {r['arm']} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
     lines += ["", "| arm | paper's claim | what small scale shows |", "|---|---|---|"]
     for r in rows:
         arm = arms[r["arm"]]
