@@ -45,6 +45,17 @@ def grounding_items(samples: list, image_size: int) -> tuple[list[int], list, li
     return images, objects, blocks
 
 
+def load_scene_items(model: Aligner, spec: str | None, task_name: str) -> tuple[str, list, list, list[int], list, list[int]]:
+    """The multi-object shapes scenes both grounding tasks read (default: held-out scenes like the run's
+    training world) -> (spec, images, samples, image index, objects, true blocks) as ``grounding_items``."""
+    spec = spec or shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude").replace(",objects=1", "")
+    source = build_source(spec)
+    if not hasattr(source, "scene"):
+        raise DataError(f"The {task_name} task needs shapes scenes (known object positions); {spec} has none.")
+    images, _, _, samples = load_arrays(source, model.config.eval.zeroshot_n)
+    return spec, images, samples, *grounding_items(samples, images[0].shape[-1])
+
+
 def block_accuracy(scores: torch.Tensor, true_blocks: torch.Tensor) -> float:
     """scores [M, 9] of each item's nine candidate blocks -> the fraction whose true block strictly wins."""
     truth = scores.gather(1, true_blocks[:, None])  # [M, 1]
@@ -68,12 +79,7 @@ def candidate_scores(model: Aligner, images: list, image_index: list[int], texts
 @task("grounding")
 def grounding(model: Aligner, spec: str | None) -> TaskResult:
     """Top-1 of the true block among nine, for PTP's block prompts and for caption phrasing."""
-    spec = spec or shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude").replace(",objects=1", "")
-    source = build_source(spec)
-    if not hasattr(source, "scene"):
-        raise DataError(f"The grounding task needs shapes scenes (known positions); {spec} has none.")
-    images, _, _, samples = load_arrays(source, model.config.eval.zeroshot_n)
-    image_index, objects, blocks = grounding_items(samples, images[0].shape[-1])
+    spec, images, _, image_index, objects, blocks = load_scene_items(model, spec, "grounding")
     true_blocks = torch.tensor(blocks)
     result = {"task": "grounding", "data": spec, "n": len(objects), "chance": 1 / BLOCKS}
     for name, phrase in PHRASINGS.items():

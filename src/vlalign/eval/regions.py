@@ -24,11 +24,9 @@ import torch
 from vlalign.api import Aligner
 from vlalign.data.regions import grid_crops, region_caption
 from vlalign.data.shapes import GRID
-from vlalign.data.specs import build_source
 from vlalign.errors import DataError
-from vlalign.eval.grounding import grounding_items
-from vlalign.eval.tasks import TaskResult, load_arrays, task
-from vlalign.eval.tasks import _shapes_eval_spec as shapes_eval_spec
+from vlalign.eval.grounding import load_scene_items
+from vlalign.eval.tasks import TaskResult, task
 
 CELLS = GRID * GRID
 
@@ -56,12 +54,7 @@ def select_regions(model: Aligner, images: Sequence[np.ndarray], queries: Sequen
 @task("region-select")
 def region_select(model: Aligner, spec: str | None) -> TaskResult:
     """Top-1 of the named object's cell among the nine, selected by the query "a <size> <colour> <shape>"."""
-    spec = spec or shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude").replace(",objects=1", "")
-    source = build_source(spec)
-    if not hasattr(source, "scene"):
-        raise DataError(f"The region-select task needs shapes scenes (known object cells); {spec} has none.")
-    images, _, _, samples = load_arrays(source, model.config.eval.zeroshot_n)
-    image_index, objects, blocks = grounding_items(samples, images[0].shape[-1])
+    spec, images, samples, image_index, objects, blocks = load_scene_items(model, spec, "region-select")
     cells = cell_embeddings(model, images)  # [N, 9, E]
     scores = region_scores(model, cells[torch.tensor(image_index)], [region_caption(o) for o in objects])
     right = scores.argmax(1) == torch.tensor(blocks)  # [M]
