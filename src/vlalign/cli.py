@@ -311,15 +311,21 @@ def cmd_data(args) -> int:
                        "(see `vlalign data --help`).")
 
 
-def cmd_data_filter(args) -> int:
+def load_dual_encoder(checkpoint: str, why: str):
+    """``vlalign.load(checkpoint)``, refusing runs that are not dual encoders; ``why`` says what needs one."""
     from vlalign.api import Aligner, load
+
+    model = load(checkpoint)
+    if not isinstance(model, Aligner):
+        raise VlalignError(f"{checkpoint} is a '{model.config.model.arch}' run; {why} (model.arch dual-encoder).")
+    return model
+
+
+def cmd_data_filter(args) -> int:
     from vlalign.curate.similarity_filter import filter_source
     from vlalign.data.specs import build_source
 
-    model = load(args.checkpoint)
-    if not isinstance(model, Aligner):
-        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; filtering scores pairs with a "
-                           "dual encoder (model.arch dual-encoder).")
+    model = load_dual_encoder(args.checkpoint, "filtering scores pairs with a dual encoder")
     result = filter_source(model, build_source(args.source), args.drop, args.to, args.shard_size, progress=True)
     print(f"kept {int(result.kept.sum())} of {len(result.kept)} pairs (score >= {result.threshold:.4f}); "
           f"their data spec: wds:{result.shards.index}")
@@ -327,14 +333,10 @@ def cmd_data_filter(args) -> int:
 
 
 def cmd_data_reduce(args) -> int:
-    from vlalign.api import Aligner, load
     from vlalign.curate.reduction import reduce_source
     from vlalign.data.specs import build_source
 
-    model = load(args.checkpoint)
-    if not isinstance(model, Aligner):
-        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; reduction clusters a dual "
-                           "encoder's embeddings (model.arch dual-encoder).")
+    model = load_dual_encoder(args.checkpoint, "reduction clusters a dual encoder's embeddings")
     report = reduce_source(model, build_source(args.source), args.keep, args.clusters, args.to, args.shard_size)
     print(f"kept {report.written} pairs; their data spec: wds:{report.index}")
     return 0
@@ -397,13 +399,9 @@ def cmd_cmr(args) -> int:
 
 
 def cmd_resolution(args) -> int:
-    from vlalign.api import Aligner, load
     from vlalign.eval.resolution import resolution_search
 
-    model = load(args.checkpoint)
-    if not isinstance(model, Aligner):
-        raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; the resolution search scores "
-                           "dual encoders (model.arch dual-encoder).")
+    model = load_dual_encoder(args.checkpoint, "the resolution search scores dual encoders")
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
