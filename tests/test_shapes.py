@@ -344,26 +344,3 @@ def test_world_name_is_a_spec_that_rebuilds_it():
 def test_spec_parser_rejects_bad_input_by_name(args, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         parse_shapes_spec(args)
-
-
-def test_default_recipe_renders_train_and_eval_scenes_at_its_training_size():
-    from vlalign.data.specs import build_source
-    from vlalign.recipes import DEFAULT_RECIPE, get_recipe
-
-    cfg = get_recipe(DEFAULT_RECIPE)
-    for spec in (cfg.data.train, cfg.data.eval):
-        assert build_source(spec)[0].image.shape[1:] == (cfg.data.image_size, cfg.data.image_size), spec
-
-
-def test_upsampled_rendering_is_reported_with_the_fix(caplog):
-    from vlalign.data.specs import build_source
-    from vlalign.train.setup import warn_if_rendered_at_another_size
-
-    with caplog.at_level("WARNING", logger="vlalign.train.setup"):
-        warn_if_rendered_at_another_size(build_source("shapes:n=4,seed=0"), 96)  # renders 64 px
-    assert "size=96" in caplog.text and "upsampled" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="vlalign.train.setup"):
-        warn_if_rendered_at_another_size(build_source("shapes:n=4,seed=0,size=96"), 96)
-        warn_if_rendered_at_another_size(build_source("shapes:n=4,seed=0,size=96"), 64)  # shrunk with antialiasing
-    assert caplog.text == ""

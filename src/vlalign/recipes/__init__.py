@@ -39,11 +39,8 @@ def describe(name: str) -> str:
 def shapes_clip() -> RunConfig:
     """Default: CLIP (InfoNCE) ViT-tiny/32 at 96 px + text-tiny on the shapes world, 600 steps (minutes on 2 CPU cores)."""
     cfg = RunConfig()
-    # Rendered at the training resolution (size=96), as the evaluation scenes are: rendered at 64 px and
-    # resized, training saw blurred objects and evaluation sharp ones (shape+colour 0.620/0.656 vs
-    # 0.680/0.895 for seeds 0/1 rendered natively; benchmarks/results/shapes_default_ablations.md).
-    cfg.data.train = f"shapes:n=30000,seed=0,size=96,holdout={SHAPES_HOLDOUT}"
-    cfg.data.eval = "shapes:n=1000,seed=1,size=96"
+    cfg.data.train = f"shapes:n=30000,seed=0,holdout={SHAPES_HOLDOUT}"
+    cfg.data.eval = "shapes:n=1000,seed=1"
     # One patch per cell of the world's 3x3 grid: each object is one token whose pixels sit at the same
     # place in it up to the jitter, so a linear patch projection can read its outline. Measured at 600
     # steps (benchmarks/results/shapes_default_ablations.md): shape+colour zero-shot 0.693 against 0.555

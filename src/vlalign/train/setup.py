@@ -120,18 +120,6 @@ class Components:
     heldout: HeldoutText | None = None  # data.text_heldout: the LM's text loss, logged (DeepSeek-VL retention)
 
 
-def warn_if_rendered_at_another_size(source: Source, image_size: int) -> None:
-    """A procedural world (shapes, moving shapes: their ``size=``) rendered smaller than ``data.image_size``
-    is upsampled, so training sees blurred objects while the shapes evaluation tasks render sharp ones at
-    ``data.image_size``: say so, with the fix. (Rendering larger and shrinking with antialiasing is close
-    to rendering at the size: the renderer itself supersamples and box-filters.)"""
-    rendered = getattr(getattr(source, "cfg", None), "image_size", None)
-    if isinstance(rendered, int) and rendered < image_size:
-        log.warning("%s renders %d px images, which are upsampled (blurred) to data.image_size=%d for training; "
-                    "add size=%d to the data spec to render at the training resolution.",
-                    source.name, rendered, image_size, image_size)
-
-
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
     """Load the run's tokenizer if it exists (resume); else inherit the one of the language model or text
     tower this run starts from (``model.init_from``: the vocabulary belongs to its embeddings), or train
@@ -159,7 +147,6 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
 
 def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 1) -> Components:
     source = build_source(cfg.data.train)
-    warn_if_rendered_at_another_size(source, cfg.data.image_size)
     if cfg.data.cache_dir:
         source = DecodedCache(source, cfg.data.cache_dir, cfg.data.image_size, cfg.data.num_workers)
     source = subset(source, cfg.data.fraction, cfg.train.seed)
