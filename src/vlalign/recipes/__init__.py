@@ -41,7 +41,8 @@ def shapes_clip() -> RunConfig:
     cfg = RunConfig()
     # Scenes render at 64 px and are upsampled to 96 px (slightly blurred). Rendering at 96 px, as the
     # zero-shot scenes are, was measured over 4 seeds: shape+colour 0.70 on average (0.56-0.90) against
-    # 0.66, but text->image R@1 0.41 (0.26-0.62) against 0.59 (shapes_default_ablations.md).
+    # 0.63 (0.46-0.70), but text->image R@1 0.41 (0.26-0.62) against 0.53 (0.35-0.61), so the default
+    # keeps the upsampled scenes (benchmarks/results/shapes_default_ablations.md).
     cfg.data.train = f"shapes:n=30000,seed=0,holdout={SHAPES_HOLDOUT}"
     cfg.data.eval = "shapes:n=1000,seed=1"
     # One patch per cell of the world's 3x3 grid: each object is one token whose pixels sit at the same
