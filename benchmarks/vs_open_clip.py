@@ -825,7 +825,11 @@ def _time_to_target_details(r: dict) -> list[str]:
             f"optimizer settings ({', '.join(f'`{o}`' for o in r['open_clip_settings_in_vlalign'])}) through "
             "vlalign's loader (pre-decoded cache, built in the first chunk's time) and step, with its 1,024-entry "
             "BPE vocabulary and context 32. vlalign default recipe: `shapes-clip` (96 px in 32 px patches, one per "
-            "scene-grid cell; lr 1e-3, beta2 0.95) on the same shards."), "",
+            "scene-grid cell; lr 1e-3, beta2 0.95) on the same shards (rendered at 96 px, where the recipe's own "
+            "scenes render at 64 px and are upsampled)."), "",
+           ("One seed per arm: the default recipe's seed spread is large (shape+colour 0.46-0.70 after 600 steps "
+            "over four seeds, `shapes_default_ablations.md`), and its accuracy rises in a jump (see the probes "
+            "below), so the ratio is indicative to within a probe interval and a seed."), "",
            "| arm | reached at step | CPU s to target | wall s | of which setup (CPU s) | CPU s per step | "
            "shape+colour at the end |",
            "|---|---|---|---|---|---|---|"]
