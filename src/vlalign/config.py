@@ -83,6 +83,10 @@ class TextConfig:
     # also freeze the text projection head, so the whole text embedding space stays fixed: a new modality is
     # bound into a CLIP run's text space (LanguageBind, Zhu et al. 2024); needs locked=true
     lock_projection: bool = False
+    # Tiny LMs' soft committee (catalogue issue 12, vlalign.models.text_committee): this many independent towers
+    # whose outputs are averaged (1 = one tower); depth = blocks per tower (0 = model.text.size's own)
+    committee: int = 1
+    depth: int = 0
 
 
 @dataclass(kw_only=True)
@@ -723,6 +727,13 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
     if cfg.train.nvfp4_keep_first < 0 or cfg.train.nvfp4_keep_last < 0:
         raise ConfigError(f"In {source}: train.nvfp4_keep_first and train.nvfp4_keep_last count blocks kept in "
                           "high precision and must be >= 0.")
+    text = cfg.model.text
+    if text.committee < 1 or text.depth < 0:
+        raise ConfigError(f"In {source}: model.text.committee must be >= 1 (towers averaged) and model.text.depth "
+                          f">= 0 (0 = the size's depth); got {text.committee} and {text.depth}.")
+    if (text.committee > 1 or text.depth) and (text.tower != "vlalign" or cfg.model.fusion.kind != "none"):
+        raise ConfigError(f"In {source}: model.text.committee / model.text.depth shape the vlalign text tower and "
+                          "cannot be used with a Hugging Face tower or model.fusion (which runs one tower's blocks).")
 
 
 def _validate_catalogue_rest(cfg: RunConfig, source: str) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from vlalign.models.cross_modal import FusionOutput
 from vlalign.models.text import TextFeatures, TextTransformer
+from vlalign.models.text_committee import TextCommittee
 from vlalign.models.vit import VisionFeatures, VisionTransformer
 
 
@@ -218,7 +219,7 @@ class DualEncoder(nn.Module):
 
     def _text(self, ids: torch.Tensor, mask: torch.Tensor, pooled_only: bool) -> TextFeatures:
         # A pretrained Hugging Face tower has no pooled-only path.
-        if pooled_only and not self.text_head.reads_tokens and isinstance(self.text, TextTransformer):
+        if pooled_only and not self.text_head.reads_tokens and isinstance(self.text, (TextTransformer, TextCommittee)):
             return self.text(ids, mask, pooled_only=True)
         return self.text(ids, mask)
 

@@ -21,6 +21,7 @@ from vlalign.models.classifier import LinearClassifier
 from vlalign.models.prefix import DatasetPrefix
 from vlalign.models.registry import decoder_size, text_size, vision_size
 from vlalign.models.text import TextTransformer
+from vlalign.models.text_committee import TextCommittee
 from vlalign.models.text_mlm import MaskedTextModel
 from vlalign.models.conv_stem import ConvStemEmbed
 from vlalign.models.token_merging import TokenMerging, merge_schedule
@@ -86,8 +87,10 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Mod
         return HFTextTower(resolve_hf_path(cfg.text.tower), cfg.text.locked)
     size = text_size(cfg.text.size)
     # Positions for the dataset-type prefix too (Prefix Conditioning), ahead of the text's own.
-    return TextTransformer(vocab_size, context_length + cfg.text.prefix_tokens, size.width, size.depth, size.heads,
-                           size.mlp_ratio, cfg.text.pool)
+    members = [TextTransformer(vocab_size, context_length + cfg.text.prefix_tokens, size.width,
+                               cfg.text.depth or size.depth, size.heads, size.mlp_ratio, cfg.text.pool)
+               for _ in range(cfg.text.committee)]
+    return members[0] if cfg.text.committee == 1 else TextCommittee(members)
 
 
 def num_image_tokens(cfg: ModelConfig, image_size: int) -> int:
