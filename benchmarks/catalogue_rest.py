@@ -360,17 +360,20 @@ SAIL_SIZES = (1000, 3000, 9000)
 SAIL_STEPS = 120
 
 
-def sail(work: Path, seeds: list[int]) -> dict:
+def sail_arms(n: int) -> dict[str, tuple[str, list[str]]]:
+    """The two arms at data size ``n``: label -> (run name in the work folder, overrides)."""
     samples = steps(SAIL_STEPS) * 64  # BASE's batch size: one curriculum position per sample the run reads
+    data = f"{NOISE}:shapes:n={n},seed=0,holdout={SHAPES_HOLDOUT}"
+    return {"uniform (no curriculum)": (f"sail-{n}-uniform", [f"data.train={data}"]),
+            "quality curriculum (top-50% share 0 -> 1)": (f"sail-{n}-curriculum", [
+                f"data.train=curriculum:samples={samples},start=0,end=1,top=0.5:{data}", "data.order=sequential"])}
+
+
+def sail(work: Path, seeds: list[int]) -> dict:
     out = {}
     for n in SAIL_SIZES:
-        data = f"{NOISE}:shapes:n={n},seed=0,holdout={SHAPES_HOLDOUT}"
-        arms = {"uniform (no curriculum)": [f"data.train={data}"],
-                "quality curriculum (top-50% share 0 -> 1)": [
-                    f"data.train=curriculum:samples={samples},start=0,end=1,top=0.5:{data}", "data.order=sequential"]}
-        for arm, overrides in arms.items():
-            run = clip_arm(work, f"sail-{n}-{'curriculum' if 'curriculum' in arm else 'uniform'}",
-                           [*overrides, f"train.steps={steps(SAIL_STEPS)}"])
+        for arm, (name, overrides) in sail_arms(n).items():
+            run = clip_arm(work, name, [*overrides, f"train.steps={steps(SAIL_STEPS)}"])
             out.setdefault(arm, {})[n] = clip_metrics(run)
             print("sail", n, arm, out[arm][n], flush=True)
     return out
