@@ -161,7 +161,7 @@ def write(rows: list[dict], routing: list[dict], args, seconds: float, reading: 
           f"n = {n.get('direction')} / {n.get('appearance')} / {n.get('order')} clips).\n\n{table(rows)}\n\n"
           "Slow-Fast routing on the 500 held-out clips (the rule alone, threshold 95% unchanged patches, "
           f"fast frames at 16 px: 4 patches instead of 16):\n\n{routing_table(routing)}\n\n"
-          f"Total wall-clock {seconds / 60:.1f} min under `nice -n 15` on a shared 2-core machine (load average "
+          f"Total wall-clock {seconds / 60:.1f} min, niced, on a shared 2-core machine (load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): times are indicative only; tokens and "
           "FLOPs are exact. Per-arm details (loss curves, MVM accuracy, slow-frame share, encode time) are in the "
           "JSON file.\n" + ("\n" + "\n".join(reading) + "\n" if reading else ""))
