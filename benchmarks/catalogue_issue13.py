@@ -45,8 +45,8 @@ def adapters(adapt: dict) -> str:
     parts = [f"{arm} {rows[arm]['fashion']:.3f} ({100 * rows[arm]['share']:.1f}% trainable)" for arm in ADAPTER_ARMS
              if arm in rows]
     mma = rows.get("mma-shared", {})
-    router = (f"; MMA router weight on the image path: image tokens {mma['path1_image']:.2f}, text tokens "
-              f"{mma['path1_text']:.2f}" if "path1_image" in mma else "")
+    router = (f"; MMA router weight on the image path: image tokens {mma['path1_image']:.3f}, text tokens "
+              f"{mma['path1_text']:.3f}" if "path1_image" in mma else "")
     return (f"Fashion-MNIST zero-shot top-1 after {adapt['steps']} steps from a shapes CLIP (base "
             f"{adapt['base']['fashion']:.3f}): full fine-tuning {full['fashion']:.3f}; " + ", ".join(parts) + router
             + missing(ADAPTER_ARMS, rows))
