@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-import catalogue_rest  # noqa: E402
+import catalogue_rest
 
 
 def test_sail_arms_have_their_own_runs_and_data():
