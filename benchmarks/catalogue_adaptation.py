@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,6 +387,12 @@ def active_section(result: dict) -> list[str]:
     return lines
 
 
+def earlier_notes() -> list[str]:
+    """The hand-written notes (diagnoses) of the existing results file: a rerun keeps them."""
+    path = RESULTS / "catalogue_adaptation.json"
+    return json.loads(path.read_text()).get("notes", []) if path.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-steps", type=int, default=200)
@@ -408,8 +415,9 @@ def main() -> None:
     seconds = train(work / "base", [f"data.train={SHAPES}"], args.base_steps)
     base = {"train_seconds": round(seconds, 1), **accuracies(load(work / "base"), args.eval_n)}
     print("base", base, flush=True)
-    result = {"command": "python benchmarks/catalogue_adaptation.py", "base_steps": args.base_steps,
-              "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "base": base, "rows": []}
+    result = {"command": " ".join(["python benchmarks/catalogue_adaptation.py", *sys.argv[1:]]),
+              "base_steps": args.base_steps, "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE,
+              "base": base, "rows": [], "notes": earlier_notes()}
 
     def save() -> None:  # after every stage, so that a stopped run leaves its finished rows
         write(result | {"wall_seconds": time.perf_counter() - start, "loadavg_end": loadavg()})

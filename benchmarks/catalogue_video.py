@@ -148,11 +148,12 @@ def routing_table(routing: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], routing: list[dict], args, seconds: float) -> str:
+def write(rows: list[dict], routing: list[dict], args, seconds: float, reading: list[str]) -> str:
+    """The JSON and the table; ``reading``: the hand-written reading of the rows (markdown lines), kept as given."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_video.json").write_text(json.dumps(
         {"seed": args.seed, "train": TRAIN, "eval": EVAL, "total_seconds": seconds,
-         "loadavg_end": os.getloadavg(), "routing": routing, "rows": rows}, indent=1))
+         "loadavg_end": os.getloadavg(), "routing": routing, "rows": rows, "reading": reading}, indent=1))
     n = {k: rows[0].get(f"{k}_n") for k in ("direction", "appearance", "order")} if rows else {}
     md = (f"# Video-text alignment on moving shapes (issue 13 item 8)\n\n"
           f"Batch 64, seed {args.seed}; train `{TRAIN}`, eval `{EVAL}` (held-out clips). "
@@ -160,10 +161,10 @@ def write(rows: list[dict], routing: list[dict], args, seconds: float) -> str:
           f"n = {n.get('direction')} / {n.get('appearance')} / {n.get('order')} clips).\n\n{table(rows)}\n\n"
           "Slow-Fast routing on the 500 held-out clips (the rule alone, threshold 95% unchanged patches, "
           f"fast frames at 16 px: 4 patches instead of 16):\n\n{routing_table(routing)}\n\n"
-          f"Total wall-clock {seconds / 60:.1f} min under `nice -n 15` on a shared 2-core machine (load average "
+          f"Total wall-clock {seconds / 60:.1f} min, niced, on a shared 2-core machine (load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): times are indicative only; tokens and "
           "FLOPs are exact. Per-arm details (loss curves, MVM accuracy, slow-frame share, encode time) are in the "
-          "JSON file.\n")
+          "JSON file.\n" + ("\n" + "\n".join(reading) + "\n" if reading else ""))
     (RESULTS / "catalogue_video.md").write_text(md)
     return md
 
@@ -184,13 +185,14 @@ def main() -> None:
         row.setdefault("steps", previous.get("steps"))
     start = time.perf_counter() - done
     routing = previous.get("routing") or [routing_cost(frames) for frames in (4, 8)]
-    md = write(rows, routing, args, time.perf_counter() - start)
+    reading = previous.get("reading", [])  # written for the earlier rows: check it still holds after new arms
+    md = write(rows, routing, args, time.perf_counter() - start, reading)
     for arm in args.arms:
         row = {"arm": arm, "steps": args.steps, "loadavg_start": os.getloadavg()}
         row |= train(arm, work, ARMS[arm], args.steps, args.seed)
         row |= evaluate(row["run"])
         rows.append(row)
-        md = write(rows, routing, args, time.perf_counter() - start)  # after every arm: partial results survive
+        md = write(rows, routing, args, time.perf_counter() - start, reading)  # after every arm: partial rows survive
         print(f"{arm}: done", flush=True)
     print(md)
     shutil.rmtree(work, ignore_errors=True)

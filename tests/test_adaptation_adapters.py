@@ -123,6 +123,25 @@ def test_mma_starts_as_identity_and_routes_per_token():
     torch.testing.assert_close(adapter(x[:, :1]), adapter(x)[:, :1])
 
 
+def test_mma_paths_differ_and_router_learns_in_training():
+    # Zero-initialised paths with a zero router would stay identical (equal weights, equal gradients) and the
+    # router would never get a gradient: MMA would train as one plain bottleneck adapter.
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    adapter = MixtureOfModalityAdapter(mlp, 8, 3)
+    for p in mlp.parameters():
+        p.requires_grad = False
+    router = adapter.adapter_router.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in adapter.parameters() if p.requires_grad], lr=1e-2)
+    x, target = torch.randn(16, 5, 8), torch.randn(16, 5, 8)
+    for _ in range(20):
+        optimizer.zero_grad()
+        F.mse_loss(adapter(x), target).backward()
+        optimizer.step()
+    assert (adapter.up[0].weight - adapter.up[1].weight).abs().max() > 1e-3
+    assert (adapter.adapter_router.weight - router).abs().max() > 1e-3
+
+
 def test_mma_pooled_only_path_matches_full_forward():
     model, cfg = _model("model.adapter.kind=mma", "model.adapter.share=true", "model.adapter.gate=element")
     _randomise(model)

@@ -23,8 +23,10 @@ class MixtureOfModalityAdapter(nn.Module):
     """``mlp(x) + gate(Σ_k w_k up_k(gelu(down(h))))`` with ``h = mlp(x)`` and ``w = softmax(router(h) / τ)``.
 
     ``temperature`` τ softens the routing (LaVIN's router divides its logits by a temperature, t=10 in our
-    reading of the reference code). Up-projections and router start at zero: the adapted model starts as the
-    pretrained one, with both paths weighted 1/2. ``gate``: an optional ``GranularityGate`` (VL-PET)."""
+    reading of the reference code). Up-projections start at zero, so the adapted model starts as the pretrained
+    one; the router keeps nn.Linear's random init (as the reference's ``expert_weights``): with a zero router
+    both paths would get equal weights and equal gradients forever, stay identical, and the router would never
+    receive a gradient. ``gate``: an optional ``GranularityGate`` (VL-PET)."""
 
     wrapped = "mlp"
 
@@ -36,7 +38,7 @@ class MixtureOfModalityAdapter(nn.Module):
         self.down = nn.Linear(width, rank)
         self.up = nn.ModuleList(nn.Linear(rank, width) for _ in range(NUM_PATHS))
         self.adapter_router = nn.Linear(width, NUM_PATHS)
-        for layer in (*self.up, self.adapter_router):
+        for layer in self.up:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.adapter_gate = gate
