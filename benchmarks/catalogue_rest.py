@@ -358,7 +358,7 @@ def surglavi_md(data: dict) -> list[str]:
 # 6. SAIL-VL: quality curriculum, data-size scaling with and without it
 
 SAIL_SIZES = (1000, 3000, 9000)
-SAIL_STEPS = 120
+SAIL_STEPS = 400  # 120 left every uniform run on the initial loss plateau (at chance)
 
 
 def sail_arms(n: int) -> dict[str, tuple[str, list[str]]]:
