@@ -209,6 +209,23 @@ def committee_section(work: Path) -> dict:
     return out
 
 
+def committee_summary(arms: dict) -> str:
+    pairs = [(arms[f"{n}-committee-{i}"], arms[f"{n}-deep-{i}"]) for n in DATA_SIZES for i in ("scratch", "mlm")
+             if f"{n}-committee-{i}" in arms and f"{n}-deep-{i}" in arms]
+    if not pairs:
+        return "no matched pair of arms."
+    wins = sum(c["zeroshot_top1"] >= d["zeroshot_top1"] and c["t2i_R@1"] >= d["t2i_R@1"] for c, d in pairs)
+    gaps = {key: sum(c[key] - d[key] for c, d in pairs) / len(pairs) for key in ("zeroshot_top1", "t2i_R@1")}
+    deep_losses = ", ".join(f"{arms[f'{n}-deep-scratch']['final_loss']:.2f}" for n in DATA_SIZES
+                            if f"{n}-deep-scratch" in arms)
+    return (f"the committee matches or beats the deep tower on zero-shot and t2i R@1 in {wins} of {len(pairs)} "
+            f"settings (mean gap zero-shot {gaps['zeroshot_top1']:+.3f}, t2i R@1 {gaps['t2i_R@1']:+.3f}) with 5% "
+            "fewer parameters and 4 blocks of compute instead of 6. One seed at 80 steps (spread about ±0.02): the "
+            f"deep tower from scratch ends at CLIP loss {deep_losses} over the data sizes (ln 64 = 4.16 is chance), "
+            "so part of the gap is its slower start rather than a converged difference. Text forward times were "
+            "taken under different loads and are not comparable between rows.")
+
+
 def fmt(x, digits=3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
@@ -290,7 +307,8 @@ def write_markdown(results: dict) -> str:
                       for tower, m in mlm.items()) + ".", "",
                   "Paper claim (Tiny language models, catalogue #30): the classification accuracy of a pre-trained "
                   "BERT-6 is matched by a soft committee of independently pre-trained BERT-1s (averaged outputs), "
-                  "with lower latency.", ""]
+                  "with lower latency.", "",
+                  "What small scale shows: " + committee_summary(committee["arms"]), ""]
     return "\n".join(lines)
 
 
