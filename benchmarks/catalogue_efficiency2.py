@@ -60,6 +60,7 @@ REDUCE_CLUSTERS = 64
 SALT_TEACHER_STEPS_FRACTION = 0.5
 SALT_KD_FRACTION = 0.375
 SALT_KD_WEIGHT = 1.0
+SALT_SHORT_KD_FRACTION, SALT_SHORT_KD_WEIGHT = 0.25, 0.3  # a lighter schedule: a quarter of training, weight 0.3
 SALT_KEEP, SALT_SKIP_HARDEST = 0.5, 0.1
 BATCH = 64
 
@@ -204,16 +205,19 @@ def salt(steps: int, seed: int, work: Path) -> list[dict]:
                  "pairs_seen": steps * BATCH, "final_loss": final_loss(baseline["loss_curve"]),
                  "parameters": parameters(baseline["run"])})
 
-    def distil(run: dict) -> list[str]:
-        return ["objective.name=salt", f"objective.salt.teacher={run['run']}", f"objective.salt.kd_steps={kd_steps}",
-                f"objective.salt.kd_weight={SALT_KD_WEIGHT}"]
+    def distil(run: dict, kd: int = kd_steps, weight: float = SALT_KD_WEIGHT) -> list[str]:
+        return ["objective.name=salt", f"objective.salt.teacher={run['run']}", f"objective.salt.kd_steps={kd}",
+                f"objective.salt.kd_weight={weight}"]
 
-    for name, label, source_run in (("salt", f"the {teacher_steps}-step teacher", teacher),
-                                    ("salt-small", "the smaller teacher", small)):
-        kd = train(name, work, base_overrides(steps, seed) + distil(source_run))
-        rows.append({"method": f"SALT: distil {label} for the first {kd_steps} of {steps} steps, then CLIP alone",
-                     **cost(kd), **quality(load(kd["run"])), "pairs_seen": steps * BATCH, "kd_steps": kd_steps,
-                     "teacher_seconds": source_run["train_seconds"]})
+    short = round(steps * SALT_SHORT_KD_FRACTION)
+    for name, label, source_run, kd, weight in (
+            ("salt", f"the {teacher_steps}-step teacher", teacher, kd_steps, SALT_KD_WEIGHT),
+            ("salt-small", "the smaller teacher", small, kd_steps, SALT_KD_WEIGHT),
+            ("salt-small-short", "the smaller teacher", small, short, SALT_SHORT_KD_WEIGHT)):
+        run = train(name, work, base_overrides(steps, seed) + distil(source_run, kd, weight))
+        rows.append({"method": f"SALT: distil {label} (weight {weight:g}) for the first {kd} of {steps} steps, then "
+                               "CLIP alone", **cost(run), **quality(load(run["run"])), "pairs_seen": steps * BATCH,
+                     "kd_steps": kd, "kd_weight": weight, "teacher_seconds": source_run["train_seconds"]})
     source = build_source(TRAIN)
     points, readable = pair_embeddings(load(teacher["run"]), source)
     half = points.shape[1] // 2
