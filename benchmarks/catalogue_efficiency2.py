@@ -60,6 +60,7 @@ REDUCE_CLUSTERS = 64
 SALT_TEACHER_STEPS_FRACTION = 0.5
 SALT_KD_FRACTION = 0.375
 SALT_KD_WEIGHT = 1.0
+SALT_SHORT_KD_FRACTION, SALT_SHORT_KD_WEIGHT = 0.25, 0.3  # a lighter schedule: a quarter of training, weight 0.3
 SALT_KEEP, SALT_SKIP_HARDEST = 0.5, 0.1
 BATCH = 64
 
@@ -183,22 +184,40 @@ def salt_order(selected: list[int], num_pairs: int, kd_steps: int, steps: int, s
     return order[: steps * BATCH]
 
 
+def parameters(run: str) -> int:
+    return sum(p.numel() for p in load(run).model.parameters())
+
+
 def salt(steps: int, seed: int, work: Path) -> list[dict]:
-    """A half-trained small teacher distilled for the first kd_steps only (SALT), against the baseline;
-    then the same with the KD phase's batches drawn from the teacher's informative pairs (SALT_DS)."""
+    """Two small teachers distilled for the first kd_steps only (SALT), against the baseline: the student's
+    recipe trained for half the steps, and a smaller model (one text block instead of two) trained for all
+    of them; then SALT_DS, the KD phase's batches drawn from the first teacher's informative pairs."""
     teacher_steps, kd_steps = round(steps * SALT_TEACHER_STEPS_FRACTION), round(steps * SALT_KD_FRACTION)
     teacher = train("teacher", work, base_overrides(teacher_steps, seed))
     rows = [{"method": f"SALT teacher: the same recipe, {teacher_steps} steps", **cost(teacher),
-             **quality(load(teacher["run"])), "pairs_seen": teacher_steps * BATCH}]
+             **quality(load(teacher["run"])), "pairs_seen": teacher_steps * BATCH,
+             "parameters": parameters(teacher["run"])}]
+    small = train("teacher-small", work, base_overrides(steps, seed) + ["model.text.depth=1"])
+    rows.append({"method": f"SALT teacher (smaller): 1 text block instead of 2, {steps} steps", **cost(small),
+                 **quality(load(small["run"])), "pairs_seen": steps * BATCH, "parameters": parameters(small["run"])})
     baseline = train("baseline", work, base_overrides(steps, seed))
     rows.append({"method": "baseline for SALT (no distillation)", **cost(baseline), **quality(load(baseline["run"])),
-                 "pairs_seen": steps * BATCH, "final_loss": final_loss(baseline["loss_curve"])})
-    distil = ["objective.name=salt", f"objective.salt.teacher={teacher['run']}", f"objective.salt.kd_steps={kd_steps}",
-              f"objective.salt.kd_weight={SALT_KD_WEIGHT}"]
-    kd = train("salt", work, base_overrides(steps, seed) + distil)
-    rows.append({"method": f"SALT: distil the teacher for the first {kd_steps} of {steps} steps, then CLIP alone",
-                 **cost(kd), **quality(load(kd["run"])), "pairs_seen": steps * BATCH, "kd_steps": kd_steps,
-                 "teacher_seconds": teacher["train_seconds"]})
+                 "pairs_seen": steps * BATCH, "final_loss": final_loss(baseline["loss_curve"]),
+                 "parameters": parameters(baseline["run"])})
+
+    def distil(run: dict, kd: int = kd_steps, weight: float = SALT_KD_WEIGHT) -> list[str]:
+        return ["objective.name=salt", f"objective.salt.teacher={run['run']}", f"objective.salt.kd_steps={kd}",
+                f"objective.salt.kd_weight={weight}"]
+
+    short = round(steps * SALT_SHORT_KD_FRACTION)
+    for name, label, source_run, kd, weight in (
+            ("salt", f"the {teacher_steps}-step teacher", teacher, kd_steps, SALT_KD_WEIGHT),
+            ("salt-small", "the smaller teacher", small, kd_steps, SALT_KD_WEIGHT),
+            ("salt-small-short", "the smaller teacher", small, short, SALT_SHORT_KD_WEIGHT)):
+        run = train(name, work, base_overrides(steps, seed) + distil(source_run, kd, weight))
+        rows.append({"method": f"SALT: distil {label} (weight {weight:g}) for the first {kd} of {steps} steps, then "
+                               "CLIP alone", **cost(run), **quality(load(run["run"])), "pairs_seen": steps * BATCH,
+                     "kd_steps": kd, "kd_weight": weight, "teacher_seconds": source_run["train_seconds"]})
     source = build_source(TRAIN)
     points, readable = pair_embeddings(load(teacher["run"]), source)
     half = points.shape[1] // 2
@@ -208,10 +227,10 @@ def salt(steps: int, seed: int, work: Path) -> list[dict]:
     order = salt_order(chosen, len(readable), kd_steps, steps, seed)  # positions in ``readable``
     shards = work / "salt-ds-data"
     convert(Selection(source, [readable[i] for i in order]), shards, shard_size=2000)
-    ds = train("salt-ds", work, base_overrides(steps, seed) + distil + [
+    ds = train("salt-ds", work, base_overrides(steps, seed) + distil(teacher) + [
         f"data.train=wds:{shards}/shards.json", "data.order=sequential"])
-    rows.append({"method": f"SALT_DS: as SALT, the KD phase's batches from the teacher's informative "
-                           f"{SALT_KEEP:.0%} (hardest {SALT_SKIP_HARDEST:.0%} skipped)",
+    rows.append({"method": f"SALT_DS: as SALT with the {teacher_steps}-step teacher, the KD phase's batches from its "
+                           f"informative {SALT_KEEP:.0%} (hardest {SALT_SKIP_HARDEST:.0%} skipped)",
                  **cost(ds), **quality(load(ds["run"])), "pairs_seen": steps * BATCH, "kd_steps": kd_steps,
                  "selected": len(chosen), "teacher_seconds": teacher["train_seconds"],
                  "selected_loss": losses[chosen].mean().item(), "all_loss": losses.mean().item()})
@@ -278,15 +297,14 @@ def verdict(row: dict, base: dict, sections: dict) -> str:
 
 
 def salt_verdict(row: dict, rows: list[dict]) -> str:
-    teacher, base = rows[0], rows[1]
-    if row is teacher:
-        return (f"{row['train_seconds']:.0f} s to train; zero-shot {row['zeroshot_top1'] - base['zeroshot_top1']:+.3f}, "
-                f"t2i R@1 {row['t2i_R@1'] - base['t2i_R@1']:+.3f} vs the full-length student baseline")
+    base = next(r for r in rows if r["method"].startswith("baseline for SALT"))
     if row is base:
-        return "reference for SALT (the recipe and seed of the baseline above)"
-    text = (f"zero-shot {row['zeroshot_top1'] - base['zeroshot_top1']:+.3f}, t2i R@1 "
-            f"{row['t2i_R@1'] - base['t2i_R@1']:+.3f}, i2t R@1 {row['i2t_R@1'] - base['i2t_R@1']:+.3f} vs the "
-            f"baseline; same {row['pairs_seen']} pairs; cost: the teacher's forward in the KD steps (in train s) "
+        return f"reference for SALT (the recipe and seed of the baseline above; {row['parameters']} parameters)"
+    deltas = (f"zero-shot {row['zeroshot_top1'] - base['zeroshot_top1']:+.3f}, t2i R@1 "
+              f"{row['t2i_R@1'] - base['t2i_R@1']:+.3f}, i2t R@1 {row['i2t_R@1'] - base['i2t_R@1']:+.3f} vs the baseline")
+    if "teacher" in row["method"] and "kd_steps" not in row:
+        return f"{row['parameters']} parameters, {row['train_seconds']:.0f} s to train; {deltas}"
+    text = (f"{deltas}; same {row['pairs_seen']} pairs; cost: the teacher's forward on every batch (in train s) "
             f"+ {row['teacher_seconds']:.0f} s to train it")
     if "selected" in row:
         text += (f"; {row['selected']} pairs selected, mean teacher loss {row['selected_loss']:.2f} vs "
