@@ -92,15 +92,17 @@ def reexec_in_venv(venv: Path) -> None:
 # both models, one batch
 
 
-def open_clip_model(work: Path):
-    """open_clip's CLIP for config "A", built by its factory from a registered custom config."""
+def open_clip_model(work: Path, name: str = MODEL_NAME, config: dict = OPEN_CLIP_CONFIG):
+    """open_clip's CLIP (config "A" unless told), built by its factory from a registered custom config:
+    (model, train transform, eval transform, tokenizer)."""
     import open_clip
 
     (work / "configs").mkdir(parents=True, exist_ok=True)
-    (work / "configs" / f"{MODEL_NAME}.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
+    (work / "configs" / f"{name}.json").write_text(json.dumps(config))
     open_clip.add_model_config(work / "configs")
-    model, preprocess_train, _ = open_clip.create_model_and_transforms(MODEL_NAME, precision="fp32", output_dict=True)
-    return model, preprocess_train, open_clip.get_tokenizer(MODEL_NAME)
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(name, precision="fp32",
+                                                                                    output_dict=True)
+    return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
 
 
 def vlalign_config(vocab: int = VOCAB):
@@ -152,9 +154,9 @@ def flops_per_sample(model, forward) -> float:
 
 class OpenClipTrainer:
     """open_clip's own training step: ``open_clip_train.train.train_one_epoch`` over a one-batch epoch,
-    with its optimizer recipe (AdamW, no decay on gains and biases) and cosine schedule."""
+    with its optimizer recipe (AdamW, no decay on gains and biases) and cosine schedule over ``total_steps``."""
 
-    def __init__(self, model, batches, args):
+    def __init__(self, model, batches, args, total_steps: int = 10_000):
         import torch
         from open_clip import ClipLoss
         from open_clip_train.scheduler import cosine_lr
@@ -168,7 +170,7 @@ class OpenClipTrainer:
         self.optimizer = torch.optim.AdamW([{"params": exempt, "weight_decay": 0.0},
                                             {"params": rest, "weight_decay": args.wd}],
                                            lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
-        self.scheduler = cosine_lr(self.optimizer, args.lr, args.warmup, 10_000)
+        self.scheduler = cosine_lr(self.optimizer, args.lr, args.warmup, total_steps)
 
     def __call__(self) -> int:
         from open_clip_train.train import train_one_epoch
@@ -274,7 +276,7 @@ def train_step_section(work: Path, rounds: int, steps: int, with_compile: bool) 
 
     from vlalign.train.precision import resolve_precision
 
-    oc_model, _, oc_tokenizer = open_clip_model(work)
+    oc_model, _, _, oc_tokenizer = open_clip_model(work)
     images, ids = step_batch(oc_tokenizer)
     cfg = vlalign_config()
     torch.manual_seed(0)
@@ -349,7 +351,7 @@ def inference_section(work: Path, rounds: int, repeats: int, with_compile: bool)
     from vlalign.data.tokenizer import train_tokenizer
     from vlalign.data.transforms import ImageTransform
 
-    oc_model, _, oc_tokenizer = open_clip_model(work)
+    oc_model, _, _, oc_tokenizer = open_clip_model(work)
     oc_model.eval()
     cfg = vlalign_config()
     torch.manual_seed(0)
@@ -417,7 +419,7 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
     shards = spec.removeprefix("wds:")
     steps = samples // BATCH
 
-    oc_model, preprocess_train, oc_tokenizer = open_clip_model(work)
+    oc_model, preprocess_train, _, oc_tokenizer = open_clip_model(work)
     args = open_clip_args(["--train-data", shards, "--train-num-samples", str(samples), "--dataset-type",
                            "webdataset", "--workers", str(oc_workers)])
     data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=oc_tokenizer)
@@ -535,26 +537,17 @@ def open_clip_race(work: Path, shards: str, probe, target: float, steps: int, ev
     """open_clip's own pipeline and loop: ``get_wds_dataset`` (PNG decode, RandomResizedCrop, its tokenizer;
     no worker processes, so every cycle counts in this process) into ``train_one_epoch``."""
     import numpy as np
-    import open_clip
     import torch
     from open_clip_train.data import get_data
     from PIL import Image
 
-    (work / "configs").mkdir(parents=True, exist_ok=True)
-    (work / "configs" / f"{TTT_MODEL}.json").write_text(json.dumps(TTT_OPEN_CLIP_CONFIG))
-    open_clip.add_model_config(work / "configs")
     torch.manual_seed(0)
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        TTT_MODEL, precision="fp32", output_dict=True)
-    tokenizer = open_clip.get_tokenizer(TTT_MODEL)
+    model, preprocess_train, preprocess_val, tokenizer = open_clip_model(work, TTT_MODEL, TTT_OPEN_CLIP_CONFIG)
     args = open_clip_args(["--model", TTT_MODEL, "--train-data", shards, "--train-num-samples", "30000",
                            "--dataset-type", "webdataset", "--workers", "0", "--seed", "0"])
     args.lr, args.beta1, args.beta2, args.eps = 5e-4, 0.9, 0.98, 1e-6  # what parse_args gives a "ViT" name
     data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=tokenizer)
-    trainer = OpenClipTrainer(model, ChunkedEpochs(data["train"], every), args)
-    from open_clip_train.scheduler import cosine_lr
-
-    trainer.scheduler = cosine_lr(trainer.optimizer, args.lr, args.warmup, steps)
+    trainer = OpenClipTrainer(model, ChunkedEpochs(data["train"], every), args, total_steps=steps)
 
     def encoders():
         model.eval()
@@ -575,7 +568,7 @@ def open_clip_race(work: Path, shards: str, probe, target: float, steps: int, ev
     return race("open_clip (its recipe)", trainer, encoders, probe, target, steps, every)
 
 
-def vlalign_race(name: str, work: Path, shards_spec: str, overrides: list[str], probe, target: float, steps: int,
+def vlalign_race(name: str, run_dir: Path, shards_spec: str, overrides: list[str], probe, target: float, steps: int,
                  every: int) -> dict:
     """vlalign's loader (over its pre-decoded cache of the shards) and training step, default recipe plus
     ``overrides``; the cache build and tokenizer training are timed as part of the first chunk."""
@@ -587,8 +580,8 @@ def vlalign_race(name: str, work: Path, shards_spec: str, overrides: list[str], 
     from vlalign.train.precision import resolve_precision
     from vlalign.train.setup import build_components, image_transform
 
-    run_dir = work / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
-    cfg = apply_overrides(get_recipe("shapes-clip"), [f"data.train={shards_spec}", f"data.cache_dir={work / 'cache'}",
+    cfg = apply_overrides(get_recipe("shapes-clip"), [f"data.train={shards_spec}",
+                                                      f"data.cache_dir={run_dir.parent / 'cache'}",
                                                       f"train.steps={steps}", "train.threads=1", *overrides])
     state = {}
 
@@ -597,17 +590,17 @@ def vlalign_race(name: str, work: Path, shards_spec: str, overrides: list[str], 
             w0, c0 = time.perf_counter(), time.process_time()
             torch.manual_seed(0)
             parts = build_components(cfg, run_dir)
-            state.update(parts=parts, batches=iter(parts.loader),
+            state.update(batches=iter(parts.loader),
                          trainer=VlalignTrainer(parts.model, None, cfg, resolve_precision(cfg.train.precision)),
+                         aligner=Aligner(parts.model, parts.tokenizer, image_transform(cfg, parts.source), cfg,
+                                         run_dir, 0),
                          setup_wall_s=time.perf_counter() - w0, setup_cpu_s=time.process_time() - c0)
         for _ in range(every):
             state["trainer"].batch = next(state["batches"])
             state["trainer"]()
 
     def encoders():
-        parts = state["parts"]
-        model = Aligner(parts.model, parts.tokenizer, image_transform(cfg, parts.source), cfg, run_dir, 0)
-        return model.encode_image, model.encode_text
+        return state["aligner"].encode_image, state["aligner"].encode_text
 
     result = race(name, chunk, encoders, probe, target, steps, every)
     return result | {"setup_wall_s": state["setup_wall_s"], "setup_cpu_s": state["setup_cpu_s"]}
@@ -632,11 +625,12 @@ def time_to_target_section(work: Path, target: float, steps: int, every: int) ->
                           "optim.weight_decay=0.2"]
     arms = {
         "open_clip": lambda: open_clip_race(work, shards, probe, target, steps, every),
-        "vlalign, open_clip's settings": lambda: vlalign_race("vlalign, open_clip's settings", work,
+        "vlalign, open_clip's settings": lambda: vlalign_race("vlalign, open_clip's settings",
+                                                             work / "vlalign-open-clip-settings",
                                                              f"wds:{report.index}", open_clip_settings, probe,
                                                              target, steps, every),
-        "vlalign default recipe": lambda: vlalign_race("vlalign default recipe", work, f"wds:{report.index}", [],
-                                                      probe, target, steps, every),
+        "vlalign default recipe": lambda: vlalign_race("vlalign default recipe", work / "vlalign-default",
+                                                      f"wds:{report.index}", [], probe, target, steps, every),
     }
     out = {name: run() for name, run in arms.items()}
     return {"target_shape_colour_top1": target, "steps_budget": steps, "probe_every": every, "threads": 1,
@@ -668,7 +662,7 @@ def precision_section(work: Path) -> dict:
 
     from vlalign.train.precision import bf16_speedup, probe_bf16_speedup, resolve_precision
 
-    oc_model, _, oc_tokenizer = open_clip_model(work)
+    oc_model, _, _, oc_tokenizer = open_clip_model(work)
     images, ids = step_batch(oc_tokenizer)
     small = 8
     torch.manual_seed(0)
@@ -830,8 +824,8 @@ def _time_to_target_details(r: dict) -> list[str]:
            ("One seed per arm: the default recipe's seed spread is large (shape+colour 0.46-0.70 after 600 steps "
             "over four seeds, `shapes_default_ablations.md`), and its accuracy rises in a jump (see the probes "
             "below), so the ratio is indicative to within a probe interval and a seed."), "",
-           "| arm | reached at step | CPU s to target | wall s | of which setup (CPU s) | CPU s per step | "
-           "shape+colour at the end |",
+           ("| arm | reached at step | CPU s to target | wall s | of which setup (CPU s) | CPU s per step | "
+            "shape+colour at the end |"),
            "|---|---|---|---|---|---|---|"]
     per_step = {name: cpu_per_step(arm) for name, arm in r["arms"].items()}
     for name, arm in r["arms"].items():
