@@ -263,21 +263,27 @@ def _generative_base() -> RunConfig:
     return cfg
 
 
-@recipe
-def cgvlm_vision() -> RunConfig:
-    """CG-VLM stage 0b: CLIP on shapes, training the ViT the generative stages reuse (~3 min)."""
+def _micro_clip(train: str, eval_spec: str) -> RunConfig:
+    """CLIP with the micro towers at 32 px, batch 64: the small dual encoder of the CG-VLM vision stage and
+    of the continual task stream."""
     cfg = RunConfig()
-    cfg.data.train = "shapes:n=8000,seed=4"
-    cfg.data.eval = "shapes:n=500,seed=1"
+    cfg.data.train, cfg.data.eval = train, eval_spec
     cfg.data.image_size = 32
     cfg.data.batch_size = 64
     cfg.model.vision.size = "vit-micro"
     cfg.model.text.size = "text-micro"
     cfg.model.text.vocab_size = 300
     cfg.model.embed_dim = 64
+    cfg.optim.warmup_steps = 30
+    return cfg
+
+
+@recipe
+def cgvlm_vision() -> RunConfig:
+    """CG-VLM stage 0b: CLIP on shapes, training the ViT the generative stages reuse (~3 min)."""
+    cfg = _micro_clip("shapes:n=8000,seed=4", "shapes:n=500,seed=1")
     cfg.train.steps = 600
     cfg.train.checkpoint_every = 200
-    cfg.optim.warmup_steps = 30
     cfg.eval.tasks = ["zeroshot", "retrieval"]
     cfg.eval.zeroshot_n = 500
     cfg.eval.retrieval_n = 500
@@ -482,16 +488,8 @@ def fashion_mnist_gpt4image() -> RunConfig:
 
 
 def _continual_task(domain: str) -> RunConfig:
-    cfg = RunConfig()
-    cfg.data.train = f"shapes-domain:split=family,domain={domain},n=4000,seed=0,size=32"
-    cfg.data.eval = f"shapes-domain:split=family,domain={domain},n=500,seed=1,size=32"
-    cfg.data.image_size = 32
-    cfg.data.batch_size = 64
-    cfg.model.vision.size = "vit-micro"
-    cfg.model.text.size = "text-micro"
-    cfg.model.text.vocab_size = 300
-    cfg.model.embed_dim = 64
-    cfg.optim.warmup_steps = 30
+    cfg = _micro_clip(f"shapes-domain:split=family,domain={domain},n=4000,seed=0,size=32",
+                      f"shapes-domain:split=family,domain={domain},n=500,seed=1,size=32")
     cfg.train.steps = 300
     cfg.train.threads = 1
     cfg.train.checkpoint_every = 300
