@@ -8,7 +8,7 @@ import pytest
 import torch
 from distributed_scenarios import global_batch, gradients, micro_model
 
-from vlalign.api import Aligner
+from vlalign.api import CPU_CHUNK_TOKENS, Aligner
 from vlalign.config import ObjectiveConfig, RunConfig, apply_overrides
 from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
@@ -282,3 +282,14 @@ def test_the_flop_count_of_a_compiled_model_runs_eagerly():
     batch = global_batch(size=2)
     expected = count_flops_per_sample(model, batch)
     assert metrics.count_flops_per_sample(compile_model(model, backend="eager"), batch) == expected
+
+
+def test_cpu_image_chunks_hold_about_max_tokens_and_give_the_one_batch_embeddings():
+    aligner = make_aligner()  # 32 px images in 8 px patches: 17 tokens each
+    pixels = torch.randn(9, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert aligner._images_per_call(pixels, 40) == 2
+    assert aligner._images_per_call(pixels, 10) == 1
+    assert aligner._images_per_call(pixels, None) == CPU_CHUNK_TOKENS // 17
+    with torch.no_grad():
+        expected = aligner.model.encode_image(pixels)  # one batch
+    torch.testing.assert_close(aligner.encode_image(pixels, max_tokens=40), expected, atol=1e-6, rtol=0)

@@ -22,9 +22,15 @@ from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.errors import CheckpointError, VlalignError
 from vlalign.models import DualEncoder, build_model
+from vlalign.models.factory import num_image_tokens
 from vlalign.models.vlm import VisionLanguageModel
 
 ANSWER_TOKENS = 8  # shapes answers are one word; a little room for a wrong, longer one
+# Tokens per vision-tower call at CPU inference. A chunk whose activations stay in the CPU cache from layer
+# to layer runs faster than one large batch: config "A" (width 256, 65 tokens per image) encodes about 1.3x
+# faster in chunks of 32 images than in one batch of 256; at 2k-4k tokens per call widths 128-768 all ran
+# at or near their best (benchmarks/results/vs_open_clip.md, "Inference").
+CPU_CHUNK_TOKENS = 2048
 
 
 @dataclass
@@ -32,7 +38,8 @@ class Aligner:
     """A loaded model. ``encode_image`` / ``encode_text`` take raw inputs and return unit-norm embeddings.
 
     Inference runs under ``torch.inference_mode`` with pooled-only towers (the last block computes the
-    CLS / EOT token alone). Texts are encoded longest first in chunks of about ``max_tokens`` real
+    CLS / EOT token alone). On CPU, images go through the vision tower in cache-sized chunks
+    (``CPU_CHUNK_TOKENS``). Texts are encoded longest first in chunks of about ``max_tokens`` real
     tokens, each chunk cut to its longest caption, so short captions do not pay for a long context;
     the embeddings come back in the input order. ``compile()`` adds ``torch.compile``.
     """
@@ -82,14 +89,29 @@ class Aligner:
         return out if out is not None else torch.empty(0, self.embed_dim)
 
     @torch.inference_mode()
-    def encode_image(self, images: Sequence[np.ndarray] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """``[C, H, W]`` arrays as stored (uint8 etc.), or an already-transformed float tensor -> [N, E]."""
+    def encode_image(self, images: Sequence[np.ndarray] | torch.Tensor, batch_size: int = 256,
+                     max_tokens: int | None = None) -> torch.Tensor:
+        """``[C, H, W]`` arrays as stored (uint8 etc.), or an already-transformed float tensor -> [N, E].
+
+        ``batch_size`` images are transformed at a time; the tower then runs on chunks of about
+        ``max_tokens`` tokens (default: ``CPU_CHUNK_TOKENS`` on CPU, the whole batch elsewhere)."""
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
-            out.append(self._encode_image(pixels))
+            out += [self._encode_image(part) for part in pixels.split(self._images_per_call(pixels, max_tokens))]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def _images_per_call(self, pixels: torch.Tensor, max_tokens: int | None) -> int:
+        """Images per tower call for ``pixels`` [B, C, H, W] (or clips [B, T, C, H, W]): about ``max_tokens``
+        tokens, CLS included."""
+        if max_tokens is None:
+            if next(self.model.parameters()).device.type != "cpu":
+                return max(1, len(pixels))  # an accelerator wants the largest batch
+            max_tokens = CPU_CHUNK_TOKENS
+        frames = pixels.shape[1] if pixels.ndim == 5 else 1
+        tokens = frames * (1 + num_image_tokens(self.config.model, pixels.shape[-1]))
+        return max(1, max_tokens // tokens)
 
     @property
     def late_interaction(self) -> bool:
