@@ -7,7 +7,7 @@ A dual-encoder run loads as an ``Aligner`` (embeddings); a generative run ("lm" 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +50,7 @@ class Aligner:
     config: RunConfig
     run_dir: Path
     step: int
+    int8: bool = field(default=False, init=False)  # set by quantize_int8()
 
     def __post_init__(self):
         self._encode_image = functools.partial(self.model.encode_image, pooled_only=True)
@@ -62,6 +63,17 @@ class Aligner:
         options = {"freezing": True}
         self._encode_image = torch.compile(self._encode_image, options=options)
         self._encode_text = torch.compile(self._encode_text, options=options)
+        return self
+
+    def quantize_int8(self) -> Aligner:
+        """Run both towers' linear layers in int8 (``vlalign.models.int8``), in place: faster CPU inference
+        on x86, embeddings approximate (cosine 0.999 or more to the fp32 ones on the default recipe's run).
+        The heads stay fp32. Call before ``compile()``; the model is inference-only afterwards."""
+        from vlalign.models.int8 import quantize_linears
+
+        quantize_linears(self.model.vision)
+        quantize_linears(self.model.text)
+        self.int8 = True
         return self
 
     @torch.inference_mode()
@@ -224,17 +236,21 @@ WEIGHTS = ("auto", "model", "ema")
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str = "auto",
-         compile: bool = False) -> Aligner | VisualAssistant:
+         compile: bool = False, int8: bool = False) -> Aligner | VisualAssistant:
     """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
     exported Hugging Face-style directory).
 
     ``weights``: "auto" takes the moving average of the weights when the run trained one
     (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
-    average (an error if the checkpoint has none). ``compile``: ``Aligner.compile()`` the encoders."""
+    average (an error if the checkpoint has none). ``int8``: ``Aligner.quantize_int8()`` (CPU inference in
+    int8, approximate); ``compile``: ``Aligner.compile()`` the encoders."""
     loaded = _load(run_dir, checkpoint, weights)
+    for flag, name in ((int8, "int8"), (compile, "compile")):
+        if flag and not isinstance(loaded, Aligner):
+            raise VlalignError(f"{name}=True applies to dual-encoder runs; {run_dir} holds a generative model.")
+    if int8:
+        loaded.quantize_int8()
     if compile:
-        if not isinstance(loaded, Aligner):
-            raise VlalignError(f"compile=True applies to dual-encoder runs; {run_dir} holds a generative model.")
         loaded.compile()
     return loaded
 

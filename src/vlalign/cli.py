@@ -168,6 +168,9 @@ def add_use_commands(sub) -> None:
     embed.add_argument("--what", choices=("image", "text", "both"), default="both")
     embed.add_argument("--batch-size", type=int, default=256)
     embed.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable chunk")
+    embed.add_argument("--int8", action="store_true",
+                       help="run the towers' linear layers in int8 on CPU: faster on most x86 CPUs, embeddings "
+                       "approximate (cosine about 0.999 to fp32); see benchmarks/results/vs_open_clip.md")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
 
     serve = sub.add_parser("serve", help="serve text-to-image search and zero-shot labels (JSON API + web page)")
@@ -347,7 +350,7 @@ def cmd_embed(args) -> int:
     from vlalign.data.specs import build_source
     from vlalign.embed import embed_source
 
-    path = embed_source(load(args.checkpoint), build_source(args.data), args.out, args.what, args.batch_size,
+    path = embed_source(load(args.checkpoint, int8=args.int8), build_source(args.data), args.out, args.what, args.batch_size,
                         args.chunk_size, progress=not args.quiet, spec=args.data)
     print(f"wrote {path} and {path}.json")
     return 0

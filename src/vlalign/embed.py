@@ -48,6 +48,8 @@ def embed_source(aligner, source: Source, out: str | Path, what: str = "both", b
     parts.mkdir(parents=True, exist_ok=True)
     signature = {"run": str(aligner.run_dir), "step": aligner.step, "data": spec or source.name, "what": what,
                  "chunk_size": chunk_size, "n": len(source)}
+    if aligner.int8:  # int8 chunks must not mix with fp32 ones
+        signature["int8"] = True
     _check_parts_signature(parts, signature)
     n_chunks = (len(source) + chunk_size - 1) // chunk_size
     bar = tqdm(total=len(source), disable=not progress, desc="embed", unit="sample", dynamic_ncols=True)

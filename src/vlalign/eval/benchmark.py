@@ -50,8 +50,8 @@ class CachingAligner(Aligner):
 
     @classmethod
     def wrap(cls, model: Aligner, cache: dict[str, torch.Tensor]) -> CachingAligner:
-        out = cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)})
-        out.text_cache = cache
+        out = cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init})
+        out.int8, out.text_cache = model.int8, cache
         return out
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
