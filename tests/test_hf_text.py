@@ -72,3 +72,15 @@ def test_missing_model_is_a_clear_error(tmp_path):
         resolve_hf_path("hf:sentence-transformers/some-model")
     with pytest.raises(ConfigError, match="config.json"):
         resolve_hf_path(f"hf:{tmp_path}")
+
+
+def test_int8_leaves_the_pretrained_tower_in_fp32(locked_run):
+    from vlalign.models.int8 import DynamicInt8Linear, int8_supported
+
+    if not int8_supported():
+        pytest.skip("this torch has no fbgemm int8 kernels")
+    fp32, int8 = load(locked_run), load(locked_run, int8=True)
+    assert any(isinstance(m, DynamicInt8Linear) for m in int8.model.vision.modules())
+    assert not any(isinstance(m, DynamicInt8Linear) for m in int8.model.text.modules())
+    captions = ["a small red circle", "two blue stars at the top"]
+    torch.testing.assert_close(int8.encode_text(captions), fp32.encode_text(captions))

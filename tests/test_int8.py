@@ -57,3 +57,27 @@ def test_embed_int8_writes_int8_embeddings_and_never_mixes_them_with_fp32_chunks
     torch.testing.assert_close(got, vlalign.load(trained_tiny_run, int8=True).encode_image(images), atol=1e-5, rtol=0)
     assert main([*argv, "--out", str(tmp_path / "f.safetensors")]) == 0  # fp32 chunks in f.safetensors.parts ...
     assert main([*argv, "--out", str(tmp_path / "f.safetensors"), "--int8"]) != 0  # ... an int8 rerun is refused
+
+
+@pytest.mark.parametrize("kind", ["lora", "bottleneck"])
+def test_an_adapted_model_quantizes_with_its_adapters(kind):
+    pytest.importorskip("peft", reason="pip install peft")
+    from vlalign.api import Aligner
+    from vlalign.config import apply_overrides
+    from vlalign.data.tokenizer import train_tokenizer
+    from vlalign.data.transforms import ImageTransform
+    from vlalign.models import build_model
+    from vlalign.recipes import get_recipe
+
+    cfg = apply_overrides(get_recipe("tiny"), [f"model.adapter.kind={kind}", "model.adapter.towers=vision,text"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.image_size, 300, cfg.data.context_length).eval()
+    for name, p in model.named_parameters():  # adapters start as the identity; give them an effect to keep
+        if "lora_B" in name or ".up." in name:
+            nn.init.normal_(p, std=0.05)
+    tokenizer = train_tokenizer(["a small red circle", "a large blue star"] * 10, 300)
+    aligner = Aligner(model, tokenizer, ImageTransform(cfg.data.image_size, 3), cfg, run_dir=None, step=0)
+    pixels = torch.randn(4, 3, cfg.data.image_size, cfg.data.image_size, generator=torch.Generator().manual_seed(0))
+    expected = aligner.encode_image(pixels)
+    got = aligner.quantize_int8().encode_image(pixels)
+    assert F.cosine_similarity(got, expected).min() > 0.99
