@@ -11,11 +11,17 @@ from vlalign.errors import DataError
 def shapes_source(argument: str) -> Source:
     from vlalign.data.shapes import SPEC_KEYS, parse_shapes_spec
 
-    args = parse_kv(argument, dict.fromkeys(SPEC_KEYS, str), f"shapes:{argument}")
+    return _keyed_source("shapes", argument, dict.fromkeys(SPEC_KEYS, str), parse_shapes_spec)
+
+
+def _keyed_source(name: str, argument: str, keys: dict[str, type], build) -> Source:
+    """``NAME:k=v,...`` -> ``build(options)``; a value the builder rejects (ValueError) becomes a DataError
+    that names the spec."""
+    spec = f"{name}:{argument}"
     try:
-        return parse_shapes_spec(args)
+        return build(parse_kv(argument, keys, spec))
     except ValueError as err:
-        raise DataError(f"Data spec 'shapes:{argument}': {err}") from None
+        raise DataError(f"Data spec '{spec}': {err}") from None
 
 
 @register_source("shapes-qa", "shapes-qa:n=2000,seed=7[,objects=1-3]  (every question of n shapes scenes)")
@@ -126,11 +132,7 @@ def edges_source(argument: str) -> Source:
 def shapes_domain_source(argument: str) -> Source:
     from vlalign.data.domains import SPEC_KEYS, parse_domain_spec
 
-    args = parse_kv(argument, dict.fromkeys(SPEC_KEYS, str), f"shapes-domain:{argument}")
-    try:
-        return parse_domain_spec(args)
-    except ValueError as err:
-        raise DataError(f"Data spec 'shapes-domain:{argument}': {err}") from None
+    return _keyed_source("shapes-domain", argument, dict.fromkeys(SPEC_KEYS, str), parse_domain_spec)
 
 
 # Catalogue issue 14 (SurgLaVi, SAIL-VL, VILA-M3): wrappers written NAME:OPTIONS:SPEC, the inner spec last.
@@ -202,8 +204,4 @@ def expert_source(argument: str) -> Source:
 def moving_shapes_source(argument: str) -> Source:
     from vlalign.data.moving_shapes import SPEC_KEYS, build_moving_shapes
 
-    spec = f"moving-shapes:{argument}"
-    try:
-        return build_moving_shapes(parse_kv(argument, SPEC_KEYS, spec))
-    except ValueError as err:
-        raise DataError(f"Data spec '{spec}': {err}") from None
+    return _keyed_source("moving-shapes", argument, SPEC_KEYS, build_moving_shapes)
