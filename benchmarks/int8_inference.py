@@ -5,7 +5,8 @@ the encoding speed, side by side in one process.
     python benchmarks/int8_inference.py runs/shapes-clip     # writes benchmarks/results/int8_inference.{json,md}
 
 int8 (``Aligner.quantize_int8``, ``vlalign.models.int8``) runs the towers' linear layers as int8 x int8
-products; the rest of the arithmetic stays fp32. Speed is the median of alternating rounds.
+products; the rest of the arithmetic stays fp32. Speed: alternating rounds, timed by the open_clip
+comparison's ``alternate`` (benchmarks/vs_open_clip.py).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from vs_open_clip import alternate, summarize
 
 import vlalign
 from vlalign.data.specs import build_source
@@ -38,17 +38,6 @@ def scores(model) -> dict[str, float]:
     return out
 
 
-def rates(arms: dict, rounds: int) -> dict:
-    """Items/s of each arm per round, arms alternating (the order flips every round)."""
-    per_round = {name: [] for name in arms}
-    for r in range(rounds):
-        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            t0 = time.perf_counter()
-            n = arms[name]()
-            per_round[name].append(n / (time.perf_counter() - t0))
-    return {name: statistics.median(v) for name, v in per_round.items()} | {"rounds": per_round}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a trained dual-encoder run directory")
@@ -62,8 +51,9 @@ def main() -> None:
     with torch.inference_mode():
         cosine = {"image": F.cosine_similarity(int8.encode_image(images), fp32.encode_image(images)),
                   "text": F.cosine_similarity(int8.encode_text(captions), fp32.encode_text(captions))}
-    speed = {kind: rates({"fp32": lambda m=fp32, k=kind: run(m, k, images, captions),
-                          "int8": lambda m=int8, k=kind: run(m, k, images, captions)}, args.rounds)
+    speed = {kind: summarize(alternate({"fp32": lambda m=fp32, k=kind: run(m, k, images, captions),
+                                        "int8": lambda m=int8, k=kind: run(m, k, images, captions)}, args.rounds, 1),
+                             "fp32")
              for kind in ("image", "text")}
     result = {"run": str(args.run), "step": fp32.step, "threads": args.threads, "torch": torch.__version__,
               "load_average_end": os.getloadavg()[0],
@@ -94,8 +84,9 @@ def markdown(r: dict) -> str:
              "| | fp32 | int8 | int8 / fp32 |", "|---|---|---|---|"]
     for kind in ("image", "text"):
         s = r["items_per_s"][kind]
-        lines.append(f"| encode_{kind}, items/s (median of {len(s['rounds']['fp32'])} alternating rounds) | "
-                     f"{s['fp32']:.0f} | {s['int8']:.0f} | {s['int8'] / s['fp32']:.2f}x |")
+        lines.append(f"| encode_{kind}, items/s (median of {len(s['rounds']['fp32'])} alternating rounds; ratio: "
+                     f"median of per-round ratios) | {s['median_rate']['fp32']:.0f} | {s['median_rate']['int8']:.0f} | "
+                     f"{s['median_ratio']['int8']:.2f}x |")
     for kind, c in r["cosine"].items():
         lines.append(f"| cosine of the {kind} embeddings to fp32's, min (mean) | 1 | {c['min']:.4f} ({c['mean']:.4f}) | - |")
     for key, value in r["scores"]["fp32"].items():
