@@ -8,7 +8,8 @@ end-to-end from WebDataset shards, precision chosen by measurement, and time to 
 
 open_clip needs torchvision, so it lives in its own virtual environment (``--venv``, default
 /work/.venvs/openclip; never committed, never installed by CI) with torch 2.14.1 and torchvision
-0.29.1. Both sides run in that venv, on that same torch, in one process: vlalign from ``src/``.
+0.29.1. Both sides run in that venv, on that same torch, in one process (the end-to-end section: a
+fresh process per arm and round, as each tool runs on its own): vlalign from ``src/``.
 open_clip's model is built from its own config API (a custom model config registered with
 ``open_clip.add_model_config``) and trained with its own ``open_clip_train`` functions (the
 training loop ``train_one_epoch`` and the WebDataset pipeline ``get_wds_dataset``).
@@ -432,55 +433,121 @@ def inference_section(work: Path, rounds: int, repeats: int, with_compile: bool)
     return out
 
 
+# The end-to-end arms; the last one is informational (not vlalign as it runs by default): what train.keep_heap adds.
+E2E_ARMS = ("open_clip", "vlalign", "vlalign, train.keep_heap=false")
+NO_KEEP_HEAP = E2E_ARMS[2]
+
+
 def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, oc_workers: int) -> dict:
     """Both pipelines on the same JPEG shards: open_clip's ``get_wds_dataset`` (decode, RandomResizedCrop,
     tokenize in DataLoader workers) into ``train_one_epoch``; vlalign's loader over its pre-decoded cache
-    (built once from the shards, timed separately) into its step. One epoch of ``samples`` per round."""
+    (built once from the shards, timed separately) into its step. Each arm runs in a fresh process per round
+    (``end_to_end_arm``), alternating, as each tool runs on its own: a setting one of them makes for its
+    process (vlalign's ``train.keep_heap``) must not carry over to the other."""
     import torch
 
     sys.path.insert(0, str(HERE))
     from data_throughput import write_shards
     from open_clip_train.data import get_data
 
-    from vlalign.config import apply_overrides
-    from vlalign.train.precision import resolve_precision
     from vlalign.train.setup import build_components
 
     spec = write_shards(work / "shards", samples, source_size, per_shard=BATCH)
-    shards = spec.removeprefix("wds:")
     steps = samples // BATCH
 
     oc_model, preprocess_train, _, oc_tokenizer = open_clip_model(work)
-    args = open_clip_args(["--train-data", shards, "--train-num-samples", str(samples), "--dataset-type",
-                           "webdataset", "--workers", str(oc_workers)])
-    data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=oc_tokenizer)
-    oc_trainer = OpenClipTrainer(oc_model, data["train"], args)
-
-    cfg = apply_overrides(vlalign_config(), [f"data.train={spec}", f"data.cache_dir={work / 'cache'}",
-                                             f"train.steps={steps}", "model.text.vocab_size=1024"])
+    data = get_data(_e2e_open_clip_args(spec, samples, oc_workers), (preprocess_train, None), epoch=0,
+                    tokenizer=oc_tokenizer)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    parts = build_components(cfg, work / "vlalign-run")  # indexes the shards, trains the tokenizer, builds the cache
+    parts = build_components(_e2e_vlalign_config(work, spec, steps), work / "vlalign-run")  # the cache, once
     setup_s = time.perf_counter() - t0
-    dtype = resolve_precision(cfg.train.precision)
-    vl_trainer = VlalignTrainer(parts.model, None, cfg, dtype)
     data_only = pipeline_rates(data["train"], parts.loader, steps)
-    batches = iter(parts.loader)
+    del oc_model, data, parts
 
-    def vl_epoch() -> int:
-        for _ in range(steps):
-            vl_trainer.batch = next(batches)
-            vl_trainer()
-        return steps * BATCH
-
-    print(f"end to end: {samples} JPEG {source_size}px samples ({steps} steps) per round, {rounds} rounds", flush=True)
-    result = summarize(alternate({"open_clip": oc_trainer, "vlalign": vl_epoch}, rounds, 1, warmup=0), "open_clip")
+    print(f"end to end: {samples} JPEG {source_size}px samples ({steps} steps) per round, {rounds} rounds, "
+          "each arm in a process of its own: one untimed epoch, then one timed", flush=True)
+    rates, loads, processes = {arm: [] for arm in E2E_ARMS}, [], {arm: [] for arm in E2E_ARMS}
+    for r in range(rounds):
+        loads.append(os.getloadavg()[0])
+        for arm in (E2E_ARMS if r % 2 == 0 else E2E_ARMS[::-1]):
+            command = [sys.executable, str(Path(__file__).resolve()), "--e2e-arm", arm, "--e2e-work", str(work),
+                       "--e2e-spec", spec, "--e2e-samples", str(samples), "--oc-workers", str(oc_workers)]
+            done = subprocess.run(command, check=False, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"end-to-end arm {arm!r} failed:\n{done.stderr[-4000:]}")
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            rates[arm].append(out["rate"])
+            processes[arm].append(out)
+            print(f"  round {r + 1}/{rounds} {arm:<32} {out['rate']:8.1f}/s ({out['minor_faults_per_step']:.0f} page "
+                  f"faults, {out['system_cpu_s_per_step']:.2f} system CPU s per step; load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    result = summarize({"rates": rates, "load_average_1min": loads}, "open_clip")
     cache_rate = samples / (samples / result["median_rate"]["vlalign"] + setup_s)
+    per_step = {arm: {key: statistics.median(p[key] for p in runs)
+                      for key in ("minor_faults_per_step", "system_cpu_s_per_step")}
+                for arm, runs in processes.items()}
     return result | {"samples_per_round": samples, "source_size": source_size, "open_clip_workers": oc_workers,
                      "vlalign_setup_s_including_cache_build": setup_s,
                      "vlalign_first_epoch_rate_including_setup": cache_rate,
                      "first_epoch_ratio_including_setup": cache_rate / result["median_rate"]["open_clip"],
-                     "data_only_samples_per_s": data_only}
+                     "data_only_samples_per_s": data_only, "main_process_per_step": per_step}
+
+
+def _e2e_open_clip_args(spec: str, samples: int, oc_workers: int):
+    return open_clip_args(["--train-data", spec.removeprefix("wds:"), "--train-num-samples", str(samples),
+                           "--dataset-type", "webdataset", "--workers", str(oc_workers)])
+
+
+def _e2e_vlalign_config(work: Path, spec: str, steps: int, overrides: list[str] = ()):
+    from vlalign.config import apply_overrides
+
+    return apply_overrides(vlalign_config(), [f"data.train={spec}", f"data.cache_dir={work / 'cache'}",
+                                              f"train.steps={steps}", "model.text.vocab_size=1024", *overrides])
+
+
+def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: int) -> dict:
+    """One arm of the end-to-end section, in this process alone: build it, train one epoch untimed (the
+    first epoch's one-time costs), then time one. Also counts the main process's minor page faults and
+    system CPU seconds per step of the timed epoch."""
+    import resource
+
+    import torch
+
+    if arm == "open_clip":
+        from open_clip_train.data import get_data
+
+        model, preprocess_train, _, tokenizer = open_clip_model(work)
+        args = _e2e_open_clip_args(spec, samples, oc_workers)
+        data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=tokenizer)
+        epoch = OpenClipTrainer(model, data["train"], args)
+    else:
+        from vlalign.train.heap import keep_heap
+        from vlalign.train.precision import resolve_precision
+        from vlalign.train.setup import build_components
+
+        steps = samples // BATCH
+        cfg = _e2e_vlalign_config(work, spec, steps, ["train.keep_heap=false"] if arm == NO_KEEP_HEAP else [])
+        if cfg.train.keep_heap:  # as `vlalign train` does (vlalign.train.trainer.run_training)
+            keep_heap()
+        torch.manual_seed(0)
+        parts = build_components(cfg, work / "vlalign-run")  # reads the cache the section built
+        trainer = VlalignTrainer(parts.model, None, cfg, resolve_precision(cfg.train.precision))
+        batches = iter(parts.loader)
+
+        def epoch() -> int:
+            for _ in range(steps):
+                trainer.batch = next(batches)
+                trainer()
+            return steps * BATCH
+
+    epoch()
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    pairs = epoch()
+    seconds, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    steps = pairs // BATCH
+    return {"rate": pairs / seconds, "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+            "system_cpu_s_per_step": (after.ru_stime - before.ru_stime) / steps}
 
 
 # Time to a target: the default recipe's world (30,000 scenes at 96 px, the compositional holdout), written
@@ -797,8 +864,10 @@ def markdown(results: dict) -> str:
                 lines.append(_row(f"{key}, items/s" + ("" if arm == "vlalign" else f" ({arm})"), r, arm,
                                   TARGETS["inference"]))
     if "end_to_end" in results:
-        lines.append(_row("end to end from JPEG shards, pairs/s", results["end_to_end"], "vlalign",
-                          TARGETS["end_to_end"]))
+        r = results["end_to_end"]
+        for arm in r["median_ratio"]:
+            lines.append(_row("end to end from JPEG shards, pairs/s" + ("" if arm == "vlalign" else f" ({arm})"), r,
+                              arm, TARGETS["end_to_end"]))
     if "time_to_target" in results:
         lines.append(_time_to_target_row(results["time_to_target"]))
     else:
@@ -928,16 +997,27 @@ def _details(results: dict) -> list[str]:
                 f"WebDataset shards. open_clip: `open_clip_train.data.get_wds_dataset` ({r['open_clip_workers']} "
                 "DataLoader worker(s): decode, RandomResizedCrop, tokenize) into `train_one_epoch`. vlalign: its "
                 "loader over the pre-decoded cache (`data.cache_dir`) into its step, with its own BPE vocabulary "
-                "(1024) instead of 49408 rows, and no augmentation (its default)."),
+                "(1024) instead of 49408 rows, and no augmentation (its default). Every arm runs in a fresh process "
+                "per round, alternating, as each tool runs on its own: one untimed epoch, then one timed."),
                 (f"vlalign's one-time setup (index the shards, train the tokenizer, decode every image once into "
                 f"the cache): {r['vlalign_setup_s_including_cache_build']:.1f} s; counting it in the first epoch, "
                 f"vlalign runs {r['first_epoch_ratio_including_setup']:.2f}x open_clip. Data pipelines alone: "
                 f"open_clip {d['open_clip']:.0f} samples/s, vlalign {d['vlalign']:.0f} samples/s.")]
-        if "train_step" in results:
+        if "main_process_per_step" in r:
+            faults = r["main_process_per_step"]
+            out.append("Per training step of the main process (median): " + "; ".join(
+                f"{arm} {f['minor_faults_per_step']:,.0f} minor page faults, {f['system_cpu_s_per_step']:.2f} s "
+                "system CPU" for arm, f in faults.items())
+                + ". `train.keep_heap` (on by default; `vlalign.train.heap`) keeps freed memory in the process, so "
+                "each step reuses the last one's pages instead of faulting in fresh ones.")
+        if "train_step" in results and NO_KEEP_HEAP in r["median_ratio"]:
             step = results["train_step"]["median_ratio"]["vlalign"]
-            out.append(f"The training step alone runs {step:.2f}x open_clip's on these towers (above); the remaining "
-                       f"{r['median_ratio']['vlalign'] / step:.2f}x of the end-to-end ratio is the data path (decoded "
-                       "once, no worker competing with the step for the two cores) and the 1,024-entry vocabulary.")
+            heap = statistics.median(a / b for a, b in zip(r["rounds"]["vlalign"], r["rounds"][NO_KEEP_HEAP]))
+            out.append(f"Where the end-to-end ratio comes from: the training step alone runs {step:.2f}x open_clip's "
+                       f"on these towers (above, both under glibc's default allocator), `train.keep_heap` adds "
+                       f"{heap:.2f}x (vlalign against its own arm without it), and the remaining "
+                       f"{r['median_ratio']['vlalign'] / step / heap:.2f}x is the data path (decoded once, no worker "
+                       "competing with the step for the two cores) and the 1,024-entry vocabulary.")
         out.append("")
     if "optimizer" in results:
         r = results["optimizer"]
@@ -966,7 +1046,8 @@ def _details(results: dict) -> list[str]:
 
 def _row(label: str, r: dict, arm: str, target: float) -> str:
     ratio = r["median_ratio"][arm]
-    verdict = f"{target}x | {'yes' if ratio >= target else 'no'}" if arm not in (HAND_CHUNKED, INT8) else "- | -"
+    informational = arm in (HAND_CHUNKED, INT8, NO_KEEP_HEAP)
+    verdict = "- | -" if informational else f"{target}x | {'yes' if ratio >= target else 'no'}"
     return (f"| {label} | {r['median_rate']['open_clip']:.1f} | {r['median_rate'][arm]:.1f} | {ratio:.2f}x "
             f"({', '.join(f'{x:.2f}' for x in r['ratio_per_round'][arm])}) | {verdict} |")
 
@@ -992,7 +1073,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per section")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per arm per round")
     parser.add_argument("--repeats", type=int, default=3, help="timed inference calls per arm per round")
-    parser.add_argument("--e2e-rounds", type=int, default=2)
+    parser.add_argument("--e2e-rounds", type=int, default=3)
     parser.add_argument("--e2e-samples", type=int, default=1024, help="samples per end-to-end round")
     parser.add_argument("--source-size", type=int, default=160, help="stored JPEG side in pixels")
     parser.add_argument("--oc-workers", type=int, default=1, help="open_clip DataLoader workers (>= 1 on 2 cores)")
@@ -1001,6 +1082,9 @@ def main() -> None:
     parser.add_argument("--ttt-every", type=int, default=50, help="steps between accuracy probes")
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd vlalign arms (minutes to compile)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--e2e-arm", choices=E2E_ARMS, help=argparse.SUPPRESS)  # internal: one end-to-end arm
+    parser.add_argument("--e2e-work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setup:
         setup(args.venv)
@@ -1014,6 +1098,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
+    if args.e2e_arm:
+        print(json.dumps(end_to_end_arm(args.e2e_arm, args.e2e_work, args.e2e_spec, args.e2e_samples,
+                                        args.oc_workers)))
+        return
     start_load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="vs-open-clip-", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

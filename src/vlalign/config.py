@@ -342,6 +342,9 @@ class TrainConfig:
     nvfp4_keep_last: int = 1  # nvfp4-sim: the last N blocks of each tower stay in high precision
     grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     compile: bool = False  # torch.compile the model (inductor); the first steps pay the compilation (minutes on a CPU)
+    # Keep freed memory in the process (glibc malloc) instead of returning it to the OS after every step: no
+    # page faults on the next step's tensors; resident memory stays at the step's peak (train/heap.py)
+    keep_heap: bool = True
 
 
 @dataclass(kw_only=True)

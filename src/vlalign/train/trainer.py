@@ -33,6 +33,7 @@ from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.curriculum import resize_batch, resolution_at
 from vlalign.train.distributed import build_strategy, local_world_size
+from vlalign.train.heap import keep_heap
 from vlalign.train.metrics import MetricsLog, Throughput
 from vlalign.train.optim import build_optimizer, set_implementation
 from vlalign.train.precision import resolve_precision
@@ -56,6 +57,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     run_dir = Path(run_dir)
     check_layout(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic, resolve_threads(cfg.train.threads, local_world_size()))
+    if cfg.train.keep_heap:
+        keep_heap()
     resume_from = dist.broadcast_object(latest_checkpoint(run_dir / "checkpoints") if dist.is_main() else None)
     if resume_from is not None:
         check_resumable(cfg, run_dir, resume_from)
