@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from vlalign.data.sample import Sample, Source
+from vlalign.data.sample import DerivedSource, Sample, Source
 from vlalign.errors import DataError
 
 FILLERS = ("um", "uh", "okay", "so", "right", "now")
@@ -34,7 +34,7 @@ def noise_image(shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generato
     return rng.random(shape).astype(dtype)
 
 
-class CorruptedPairs:
+class CorruptedPairs(DerivedSource):
     """``source`` with ``round(image_fraction · N)`` images replaced by noise and ``round(text_fraction · N)``
     other samples' captions garbled; the choice and the corruption depend on ``seed`` and the index only."""
 
@@ -44,9 +44,9 @@ class CorruptedPairs:
                             "[0, 1] and sum to at most 1 (a pair is broken on one side only).")
         if seed < 0:
             raise DataError(f"Corruption seed={seed} must be >= 0.")
-        self.source, self.seed = source, seed
+        super().__init__(source)
+        self.seed = seed
         self.name = f"corrupt:image={image_fraction:g},text={text_fraction:g},seed={seed}:{source.name}"
-        self.classes, self.channel_names = source.classes, source.channel_names
         order = np.random.default_rng([seed, 0]).permutation(len(source))
         n_image, n_text = round(image_fraction * len(source)), round(text_fraction * len(source))
         self.noisy_images = sorted(order[:n_image].tolist())
@@ -54,9 +54,6 @@ class CorruptedPairs:
         self._image_set, self._text_set = set(self.noisy_images), set(self.noisy_texts)
         if hasattr(source, "cfg"):  # the shapes world's settings (its compositional holdout) for the eval tasks
             self.cfg = source.cfg
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, 1, index])

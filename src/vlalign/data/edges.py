@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from vlalign.data.sample import Sample, Source
+from vlalign.data.sample import DerivedSource, Sample, Source
 
 PREFIX = "edges:"
 CHANNEL_NAMES = ("edges",)
@@ -51,17 +51,13 @@ def edge_map(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(magnitude), 0, 255).astype(np.uint8)[None]
 
 
-class EdgeMaps:
+class EdgeMaps(DerivedSource):
     """Any 8-bit source seen as edge maps; everything but the pixels (caption, label, meta) is kept."""
 
     def __init__(self, source: Source):
-        self.source = source
+        super().__init__(source)
         self.name = PREFIX + source.name
-        self.classes = source.classes
         self.channel_names = CHANNEL_NAMES
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def __getitem__(self, index: int) -> Sample:
         sample = self.source[index]

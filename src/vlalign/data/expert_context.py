@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from vlalign.data.sample import Sample, Source
+from vlalign.data.sample import DerivedSource, Sample, Source
 from vlalign.errors import DataError
 from vlalign.models.cell_expert import CellExpert, oracle_report
 
@@ -25,16 +25,13 @@ def with_report(question: str, report: str) -> str:
     return f"{report}. {question}" if report else question
 
 
-class ExpertContext:
+class ExpertContext(DerivedSource):
     """``source`` with every question prefixed by ``report(sample)``; samples without a question pass unchanged."""
 
     def __init__(self, source: Source, report: Callable[[Sample], str], expert_name: str):
-        self.source, self.report = source, report
+        super().__init__(source)
+        self.report = report
         self.name = f"expert:{expert_name}:{source.name}"
-        self.classes, self.channel_names = source.classes, source.channel_names
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def __getitem__(self, index: int) -> Sample:
         sample = self.source[index]

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from vlalign.data.sample import Sample, Source
+from vlalign.data.sample import DerivedSource, Sample, Source
 from vlalign.data.shapes import NUMBER_WORDS, Scene
 from vlalign.errors import DataError
 
@@ -36,7 +36,7 @@ def object_caption(scene: Scene, rng: np.random.Generator) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-class LevelCaptions:
+class LevelCaptions(DerivedSource):
     """``source`` (shapes scenes) with every caption at ``level``; "attribute" keeps the source's caption."""
 
     def __init__(self, source: Source, level: str, seed: int = 0):
@@ -44,14 +44,11 @@ class LevelCaptions:
             raise DataError(f"Unknown caption level '{level}': use one of {', '.join(LEVELS)}.")
         if len(source) and "scene" not in source[0].meta:
             raise DataError(f"Caption levels need shapes scenes (meta['scene']); {source.name} has none.")
-        self.source, self.level, self.seed = source, level, seed
+        super().__init__(source)
+        self.level, self.seed = level, seed
         self.name = f"levels:{level}:{source.name}"
-        self.classes, self.channel_names = source.classes, source.channel_names
         if hasattr(source, "cfg"):  # the shapes world's settings (its compositional holdout) for the eval tasks
             self.cfg = source.cfg
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def caption_of(self, index: int, scene: Scene, original: str) -> str:
         rng = np.random.default_rng([self.seed, index])

@@ -12,7 +12,7 @@ import bisect
 import dataclasses
 from itertools import accumulate
 
-from vlalign.data.sample import CorruptSample, Sample, Source
+from vlalign.data.sample import CorruptSample, DerivedSource, Sample, Source
 from vlalign.errors import DataError
 
 DEFAULT_TEMPLATE = "a {c}"
@@ -31,7 +31,7 @@ def texts_of(source: Source) -> list[str]:
     return out
 
 
-class LabelCaptions:
+class LabelCaptions(DerivedSource):
     """A labelled source whose captions are ``template`` filled with the class name."""
 
     def __init__(self, source: Source, template: str = DEFAULT_TEMPLATE):
@@ -39,12 +39,9 @@ class LabelCaptions:
             raise DataError(f"Data source {source.name} has no classes: image-label data needs a labelled source.")
         if "{c}" not in template:
             raise DataError(f"Label template {template!r} has no {{c}} for the class name.")
-        self.source, self.template = source, template
+        super().__init__(source)
+        self.template = template
         self.name = f"labels:{source.name}"
-        self.classes, self.channel_names = source.classes, source.channel_names
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def __getitem__(self, index: int) -> Sample:
         sample = self.source[index]

@@ -8,29 +8,25 @@ import dataclasses
 
 import numpy as np
 
-from vlalign.data.sample import Sample, Source
+from vlalign.data.sample import DerivedSource, Sample, Source
 from vlalign.errors import DataError
 
 
-class ShuffledCaptions:
+class ShuffledCaptions(DerivedSource):
     """``source`` in which ``round(fraction * len(source))`` samples, chosen by ``seed``, carry the caption of
     another chosen sample (a cyclic shift over a random order, so none keeps its own). ``noisy`` lists them."""
 
     def __init__(self, source: Source, fraction: float, seed: int = 0):
         if not 0 <= fraction <= 1:
             raise DataError(f"The fraction of noisy pairs must be in [0, 1], got {fraction}.")
-        self.source = source
+        super().__init__(source)
         self.name = f"{source.name}[captions of {fraction:g} shuffled, seed {seed}]"
-        self.classes, self.channel_names = source.classes, source.channel_names
         chosen = np.random.default_rng(seed).permutation(len(source))[: round(fraction * len(source))].tolist()
         if len(chosen) == 1:
             raise DataError(f"{fraction:g} of {len(source)} samples is one sample: it has no other caption to take.")
         self.donor = {i: chosen[(k + 1) % len(chosen)] for k, i in enumerate(chosen)}  # sample -> caption owner
         self.noisy = sorted(self.donor)
         self._captions: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def original_captions(self) -> list[str]:
         if self._captions is None:

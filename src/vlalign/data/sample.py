@@ -58,3 +58,15 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
+
+
+class DerivedSource:
+    """Base of a source that rewrites another ``source`` sample by sample: the same length, and the same
+    class names and channels unless the subclass sets its own. The subclass sets ``name`` and ``__getitem__``."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.classes, self.channel_names = source.classes, source.channel_names
+
+    def __len__(self) -> int:
+        return len(self.source)
