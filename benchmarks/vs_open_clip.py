@@ -463,35 +463,111 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
     parts = build_components(_e2e_vlalign_config(work, spec, steps), work / "vlalign-run")  # the cache, once
     setup_s = time.perf_counter() - t0
     data_only = pipeline_rates(data["train"], parts.loader, steps)
+    flops = executed_flops_per_pair(parts)
     del oc_model, data, parts
 
     print(f"end to end: {samples} JPEG {source_size}px samples ({steps} steps) per round, {rounds} rounds, "
-          "each arm in a process of its own: one untimed epoch, then one timed", flush=True)
-    rates, loads, processes = {arm: [] for arm in E2E_ARMS}, [], {arm: [] for arm in E2E_ARMS}
-    for r in range(rounds):
-        loads.append(os.getloadavg()[0])
-        for arm in (E2E_ARMS if r % 2 == 0 else E2E_ARMS[::-1]):
-            command = [sys.executable, str(Path(__file__).resolve()), "--e2e-arm", arm, "--e2e-work", str(work),
-                       "--e2e-spec", spec, "--e2e-samples", str(samples), "--oc-workers", str(oc_workers)]
-            done = subprocess.run(command, check=False, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"end-to-end arm {arm!r} failed:\n{done.stderr[-4000:]}")
-            out = json.loads(done.stdout.strip().splitlines()[-1])
-            rates[arm].append(out["rate"])
-            processes[arm].append(out)
-            print(f"  round {r + 1}/{rounds} {arm:<32} {out['rate']:8.1f}/s ({out['minor_faults_per_step']:.0f} page "
-                  f"faults, {out['system_cpu_s_per_step']:.2f} system CPU s per step; load {os.getloadavg()[0]:.1f})",
-                  flush=True)
+          f"each arm in a process of its own, taking turns step by step", flush=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--e2e-work", str(work), "--e2e-spec", spec,
+               "--e2e-samples", str(samples), "--oc-workers", str(oc_workers), "--e2e-arm"]
+    per_step, loads = take_turns({arm: [*command, arm] for arm in E2E_ARMS}, rounds * steps, work), []
+    rates, processes = {}, {}
+    for arm, records in per_step.items():  # a round: one epoch of steps
+        rounds_of = [records[r * steps:(r + 1) * steps] for r in range(rounds)]
+        rates[arm] = [steps * BATCH / sum(x["seconds"] for x in chunk) for chunk in rounds_of]
+        processes[arm] = {key: statistics.median(x[key] for x in records) for key in ("minor_faults", "system_cpu_s")}
+        loads = [chunk[0]["load"] for chunk in rounds_of]
+        print(f"  {arm:<32} " + " ".join(f"{rate:6.1f}" for rate in rates[arm]) + " pairs/s per round; per step "
+              f"{processes[arm]['minor_faults']:.0f} page faults, {processes[arm]['system_cpu_s']:.2f} system CPU s",
+              flush=True)
     result = summarize({"rates": rates, "load_average_1min": loads}, "open_clip")
     cache_rate = samples / (samples / result["median_rate"]["vlalign"] + setup_s)
-    per_step = {arm: {key: statistics.median(p[key] for p in runs)
-                      for key in ("minor_faults_per_step", "system_cpu_s_per_step")}
-                for arm, runs in processes.items()}
     return result | {"samples_per_round": samples, "source_size": source_size, "open_clip_workers": oc_workers,
                      "vlalign_setup_s_including_cache_build": setup_s,
                      "vlalign_first_epoch_rate_including_setup": cache_rate,
                      "first_epoch_ratio_including_setup": cache_rate / result["median_rate"]["open_clip"],
-                     "data_only_samples_per_s": data_only, "main_process_per_step": per_step}
+                     "data_only_samples_per_s": data_only, "main_process_per_step": processes,
+                     "vlalign_executed_flops_per_pair": flops, "matmul_peak_flops": _matmul_peak(),
+                     "step_seconds": {arm: [x["seconds"] for x in records] for arm, records in per_step.items()}}
+
+
+def take_turns(commands: dict, steps: int, work: Path) -> dict:
+    """Run every arm in a process of its own (``commands``: arm -> argv of ``end_to_end_arm``), taking turns
+    step by step (the order rotates every step), so that the machine's changing load hits every arm alike,
+    while a setting one arm makes for its process stays its own. Only the arm whose turn it is runs: the
+    others, their DataLoader workers included, are stopped (SIGSTOP) between their steps, so no worker
+    decodes for its arm in another arm's time. Returns per arm one record per step."""
+    import signal
+
+    procs, logs = {}, []
+    try:
+        for arm, argv in commands.items():  # one at a time: each builds its arm and trains one untimed epoch
+            logs.append((work / f"e2e-{len(procs)}.log").open("w"))
+            procs[arm] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1],
+                                          text=True, start_new_session=True)  # its own process group (workers too)
+            _expect(procs[arm], arm, "ready", work)
+            os.killpg(procs[arm].pid, signal.SIGSTOP)
+        records, names = {arm: [] for arm in commands}, list(commands)
+        for step in range(steps):
+            for arm in names[step % len(names):] + names[:step % len(names)]:
+                proc = procs[arm]
+                os.killpg(proc.pid, signal.SIGCONT)
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                records[arm].append(json.loads(_expect(proc, arm, "{", work)) | {"load": os.getloadavg()[0]})
+                os.killpg(proc.pid, signal.SIGSTOP)
+        return records
+    finally:
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for log in logs:
+            log.close()
+
+
+def _expect(proc, arm: str, prefix: str, work: Path) -> str:
+    line = proc.stdout.readline()
+    if not line.startswith(prefix):
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(work.glob("e2e-*.log")))
+        sys.exit(f"end-to-end arm {arm!r} stopped (said {line!r}); its logs:\n{logs}")
+    return line
+
+
+class Turns:
+    """What an arm's training loop iterates in ``end_to_end_arm``: the batches of ``loader``, each after the
+    parent says "go" (on stdin), timed from then until the loop asks for the next batch (one step: data
+    wait and training), reported as one JSON line on stdout. ``len(loader)`` batches per epoch; the
+    loader's iterator (and so its workers) starts inside the first step's time."""
+
+    def __init__(self, loader, batches: int):
+        self.loader, self.num_batches = loader, batches
+        self.num_samples = batches * BATCH  # read by open_clip's train_one_epoch
+
+    def __iter__(self):
+        import resource
+
+        batches, started = None, None
+        for _ in range(self.num_batches):
+            sys.stdin.readline()  # "go"
+            started = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            batches = batches or iter(self.loader)
+            yield next(batches)
+            seconds, usage = time.perf_counter() - started[0], resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"seconds": seconds, "minor_faults": usage.ru_minflt - started[1].ru_minflt,
+                              "system_cpu_s": usage.ru_stime - started[1].ru_stime}), flush=True)
+
+
+def executed_flops_per_pair(parts) -> float:
+    """FLOPs (matmuls and attention) of one vlalign training step's forward and backward on a batch of its
+    loader, per pair: what the step executes, pooled-only towers and cut captions included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vlalign.train.step import forward_backward
+
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(parts.model, parts.objective, next(iter(parts.loader)))
+    parts.model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / BATCH
 
 
 def _e2e_open_clip_args(spec: str, samples: int, oc_workers: int):
@@ -506,48 +582,52 @@ def _e2e_vlalign_config(work: Path, spec: str, steps: int, overrides: list[str] 
                                               f"train.steps={steps}", "model.text.vocab_size=1024", *overrides])
 
 
-def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: int) -> dict:
-    """One arm of the end-to-end section, in this process alone: build it, train one epoch untimed (the
-    first epoch's one-time costs), then time one. Also counts the main process's minor page faults and
-    system CPU seconds per step of the timed epoch."""
-    import resource
-
+def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: int) -> None:
+    """One arm of the end-to-end section, in this process alone (run by ``take_turns``): build it, train one
+    epoch untimed (the first epoch's one-time costs), say "ready", then train step by step as told."""
     import torch
 
+    steps = samples // BATCH
     if arm == "open_clip":
         from open_clip_train.data import get_data
 
         model, preprocess_train, _, tokenizer = open_clip_model(work)
         args = _e2e_open_clip_args(spec, samples, oc_workers)
         data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=tokenizer)
-        epoch = OpenClipTrainer(model, data["train"], args)
-    else:
-        from vlalign.train.heap import keep_heap
-        from vlalign.train.precision import resolve_precision
-        from vlalign.train.setup import build_components
+        trainer = OpenClipTrainer(model, data["train"], args)
+        trainer()
+        data["train"].dataloader = Turns(data["train"].dataloader, steps)
+        print("ready", flush=True)
+        while True:
+            trainer()  # open_clip's train_one_epoch, over the batches Turns hands out
+    from vlalign.train.heap import keep_heap
+    from vlalign.train.precision import resolve_precision
+    from vlalign.train.setup import build_components
 
-        steps = samples // BATCH
-        cfg = _e2e_vlalign_config(work, spec, steps, ["train.keep_heap=false"] if arm == NO_KEEP_HEAP else [])
-        if cfg.train.keep_heap:  # as `vlalign train` does (vlalign.train.trainer.run_training)
-            keep_heap()
-        torch.manual_seed(0)
-        parts = build_components(cfg, work / "vlalign-run")  # reads the cache the section built
-        trainer = VlalignTrainer(parts.model, None, cfg, resolve_precision(cfg.train.precision))
-        batches = iter(parts.loader)
+    cfg = _e2e_vlalign_config(work, spec, steps, ["train.keep_heap=false"] if arm == NO_KEEP_HEAP else [])
+    if cfg.train.keep_heap:  # as `vlalign train` does (vlalign.train.trainer.run_training)
+        keep_heap()
+    torch.manual_seed(0)
+    parts = build_components(cfg, work / "vlalign-run")  # reads the cache the section built
+    trainer = VlalignTrainer(parts.model, None, cfg, resolve_precision(cfg.train.precision))
+    batches = iter(parts.loader)
+    for _ in range(steps):
+        trainer.batch = next(batches)
+        trainer()
+    print("ready", flush=True)
+    while True:
+        for trainer.batch in Turns(_Rest(batches), steps):
+            trainer()
 
-        def epoch() -> int:
-            for _ in range(steps):
-                trainer.batch = next(batches)
-                trainer()
-            return steps * BATCH
 
-    epoch()
-    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    pairs = epoch()
-    seconds, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-    steps = pairs // BATCH
-    return {"rate": pairs / seconds, "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
-            "system_cpu_s_per_step": (after.ru_stime - before.ru_stime) / steps}
+class _Rest:
+    """An iterator already under way, as something to iterate (vlalign's loader runs across epochs)."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def __iter__(self):
+        return self.iterator
 
 
 # Time to a target: the default recipe's world (30,000 scenes at 96 px, the compositional holdout), written
@@ -1006,10 +1086,17 @@ def _details(results: dict) -> list[str]:
         if "main_process_per_step" in r:
             faults = r["main_process_per_step"]
             out.append("Per training step of the main process (median): " + "; ".join(
-                f"{arm} {f['minor_faults_per_step']:,.0f} minor page faults, {f['system_cpu_s_per_step']:.2f} s "
+                f"{arm} {f['minor_faults']:,.0f} minor page faults, {f['system_cpu_s']:.2f} s "
                 "system CPU" for arm, f in faults.items())
                 + ". `train.keep_heap` (on by default; `vlalign.train.heap`) keeps freed memory in the process, so "
                 "each step reuses the last one's pages instead of faulting in fresh ones.")
+        if "vlalign_executed_flops_per_pair" in r:
+            ceiling = r["matmul_peak_flops"] / r["vlalign_executed_flops_per_pair"]
+            out.append(f"Ceiling: vlalign's step executes {r['vlalign_executed_flops_per_pair'] / 1e9:.2f} GFLOP per "
+                       f"pair here (forward and backward). At the fp32 matmul peak probed in this run "
+                       f"({r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s), with every other operator and the data free, "
+                       f"it would train {ceiling:.0f} pairs/s: {ceiling / r['median_rate']['open_clip']:.2f}x "
+                       f"open_clip's end-to-end rate. It runs at {r['median_rate']['vlalign'] / ceiling:.0%} of that.")
         if "train_step" in results and NO_KEEP_HEAP in r["median_ratio"]:
             step = results["train_step"]["median_ratio"]["vlalign"]
             heap = statistics.median(a / b for a, b in zip(r["rounds"]["vlalign"], r["rounds"][NO_KEEP_HEAP]))
@@ -1099,8 +1186,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
     if args.e2e_arm:
-        print(json.dumps(end_to_end_arm(args.e2e_arm, args.e2e_work, args.e2e_spec, args.e2e_samples,
-                                        args.oc_workers)))
+        end_to_end_arm(args.e2e_arm, args.e2e_work, args.e2e_spec, args.e2e_samples, args.oc_workers)
         return
     start_load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="vs-open-clip-", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
