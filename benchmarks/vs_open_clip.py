@@ -314,8 +314,11 @@ def train_step_section(work: Path, rounds: int, steps: int, with_compile: bool) 
         compiled = compile_model(vlalign_model(cfg))
         compile_check = compiled_loss_check(cfg, compiled, batch)
         arms["vlalign compiled"] = VlalignTrainer(compiled, batch, cfg, dtype)
-    print(f"training step: batch {BATCH}, {rounds} rounds x {steps} steps per arm", flush=True)
-    result = summarize(alternate(arms, rounds, steps), "open_clip")
+    print(f"training step: batch {BATCH}, {rounds} rounds x {steps} steps per arm, each arm in a process of its own, "
+          "taking turns step by step", flush=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--e2e-work", str(work), "--step-arm"]
+    rates, loads, per_step = per_round(take_turns({arm: [*command, arm] for arm in arms}, rounds * steps, work), steps)
+    result = summarize({"rates": rates, "load_average_1min": loads}, "open_clip") | {"main_process_per_step": per_step}
     result["matmul_share"] = {name: matmul_share(arms[name]) for name in ("open_clip", "vlalign")}
     peak = _matmul_peak()
     result |= {"flops_per_sample": flops, "parameters": params, "matmul_peak_flops": peak,
@@ -326,8 +329,11 @@ def train_step_section(work: Path, rounds: int, steps: int, with_compile: bool) 
 
 
 def matmul_share(step) -> float:
-    """Fraction of one step's operator time spent in matrix multiplications (torch.profiler, self time)."""
+    """Fraction of one step's operator time spent in matrix multiplications (torch.profiler, self time),
+    after one step unprofiled."""
     from torch.profiler import ProfilerActivity, profile
+
+    step()
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -470,16 +476,8 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
           f"each arm in a process of its own, taking turns step by step", flush=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--e2e-work", str(work), "--e2e-spec", spec,
                "--e2e-samples", str(samples), "--oc-workers", str(oc_workers), "--e2e-arm"]
-    per_step, loads = take_turns({arm: [*command, arm] for arm in E2E_ARMS}, rounds * steps, work), []
-    rates, processes = {}, {}
-    for arm, records in per_step.items():  # a round: one epoch of steps
-        rounds_of = [records[r * steps:(r + 1) * steps] for r in range(rounds)]
-        rates[arm] = [steps * BATCH / sum(x["seconds"] for x in chunk) for chunk in rounds_of]
-        processes[arm] = {key: statistics.median(x[key] for x in records) for key in ("minor_faults", "system_cpu_s")}
-        loads = [chunk[0]["load"] for chunk in rounds_of]
-        print(f"  {arm:<32} " + " ".join(f"{rate:6.1f}" for rate in rates[arm]) + " pairs/s per round; per step "
-              f"{processes[arm]['minor_faults']:.0f} page faults, {processes[arm]['system_cpu_s']:.2f} system CPU s",
-              flush=True)
+    records = take_turns({arm: [*command, arm] for arm in E2E_ARMS}, rounds * steps, work)
+    rates, loads, processes = per_round(records, steps)  # a round: one epoch of steps
     result = summarize({"rates": rates, "load_average_1min": loads}, "open_clip")
     cache_rate = samples / (samples / result["median_rate"]["vlalign"] + setup_s)
     return result | {"samples_per_round": samples, "source_size": source_size, "open_clip_workers": oc_workers,
@@ -488,7 +486,7 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
                      "first_epoch_ratio_including_setup": cache_rate / result["median_rate"]["open_clip"],
                      "data_only_samples_per_s": data_only, "main_process_per_step": processes,
                      "vlalign_executed_flops_per_pair": flops, "matmul_peak_flops": _matmul_peak(),
-                     "step_seconds": {arm: [x["seconds"] for x in records] for arm, records in per_step.items()}}
+                     "step_seconds": {arm: [x["seconds"] for x in steps] for arm, steps in records.items()}}
 
 
 def take_turns(commands: dict, steps: int, work: Path) -> dict:
@@ -523,6 +521,21 @@ def take_turns(commands: dict, steps: int, work: Path) -> dict:
             proc.wait()
         for log in logs:
             log.close()
+
+
+def per_round(records: dict, steps: int) -> tuple[dict, list, dict]:
+    """``take_turns``' records cut into rounds of ``steps``: (pairs/s per arm and round, the load average at
+    the start of each round, per arm the median page faults and system CPU seconds of a step)."""
+    rates, loads, per_step = {}, [], {}
+    for arm, arm_records in records.items():
+        rounds = [arm_records[i:i + steps] for i in range(0, len(arm_records), steps)]
+        rates[arm] = [len(chunk) * BATCH / sum(x["seconds"] for x in chunk) for chunk in rounds]
+        loads = [chunk[0]["load"] for chunk in rounds]
+        per_step[arm] = {key: statistics.median(x[key] for x in arm_records) for key in ("minor_faults", "system_cpu_s")}
+        print(f"  {arm:<32} " + " ".join(f"{rate:6.1f}" for rate in rates[arm]) + " pairs/s per round; per step "
+              f"{per_step[arm]['minor_faults']:.0f} page faults, {per_step[arm]['system_cpu_s']:.2f} system CPU s",
+              flush=True)
+    return rates, loads, per_step
 
 
 def _expect(proc, arm: str, prefix: str, work: Path) -> str:
@@ -616,18 +629,47 @@ def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: in
         trainer()
     print("ready", flush=True)
     while True:
-        for trainer.batch in Turns(_Rest(batches), steps):
+        for trainer.batch in Turns(batches, steps):  # vlalign's loader runs on across epochs
             trainer()
 
 
-class _Rest:
-    """An iterator already under way, as something to iterate (vlalign's loader runs across epochs)."""
+def train_step_arm(arm: str, work: Path) -> None:
+    """One arm of the training-step section, in this process alone (run by ``take_turns``): build it, train
+    one step untimed, say "ready", then train on the same batch step by step as told. vlalign's arms start
+    as `vlalign train` does (``train.keep_heap``)."""
+    import itertools
 
-    def __init__(self, iterator):
-        self.iterator = iterator
+    import torch
+    from open_clip_train.data import DataInfo
 
-    def __iter__(self):
-        return self.iterator
+    model, _, _, tokenizer = open_clip_model(work)
+    images, ids = step_batch(tokenizer)
+    if arm == "open_clip":
+        trainer = OpenClipTrainer(model, DataInfo(dataloader=FixedBatches((images, ids))), open_clip_args())
+        trainer()
+        trainer.data["train"].dataloader = Turns(FixedBatches((images, ids)), 1)
+        print("ready", flush=True)
+        while True:
+            trainer()  # open_clip's train_one_epoch over a one-batch epoch
+    from vlalign.train.heap import keep_heap
+    from vlalign.train.precision import resolve_precision
+
+    del model
+    cfg = vlalign_config()
+    if cfg.train.keep_heap:
+        keep_heap()
+    torch.manual_seed(0)
+    model = vlalign_model(cfg)
+    if arm == "vlalign compiled":
+        from vlalign.train.acceleration import compile_model
+
+        model = compile_model(model)
+    batch = {"images": images, "text_ids": ids, "text_mask": ids != 0, "channel_ids": None}
+    trainer = VlalignTrainer(model, batch, cfg, resolve_precision(cfg.train.precision))
+    trainer()
+    print("ready", flush=True)
+    for _ in Turns(itertools.repeat(batch), 1 << 30):
+        trainer()
 
 
 # Time to a target: the default recipe's world (30,000 scenes at 96 px, the compositional holdout), written
@@ -1039,7 +1081,12 @@ def _details(results: dict) -> list[str]:
                 "reads only the CLS and EOT tokens, so the last block of each tower runs for that token alone and "
                 "the text batch is cut after its longest caption (the same embeddings and gradients; "
                 "`tests/test_acceleration.py`). The optimizer is AdamW on both sides: open_clip's for-loop "
-                "kernel (torch's CPU default), vlalign's fused one."),
+                "kernel (torch's CPU default), vlalign's fused one."
+                + (" Each arm trains in a process of its own, the arms taking turns step by step (the others "
+                   "stopped meanwhile); vlalign's starts as `vlalign train` does, with `train.keep_heap` (per step: "
+                   + "; ".join(f"{arm} {x['minor_faults']:,.0f} minor page faults, {x['system_cpu_s']:.2f} s system CPU"
+                               for arm, x in r["main_process_per_step"].items()) + ")."
+                   if "main_process_per_step" in r else "")),
                 (f"Achieved (full-model FLOPs x pairs/s against the measured {r['matmul_peak_flops'] / 1e9:.0f} "
                 f"GFLOP/s fp32 matmul peak): open_clip {r['fraction_of_peak']['open_clip']:.0%}, vlalign "
                 f"{r['fraction_of_peak']['vlalign']:.0%} (the peak is probed in the same run, under the same load)."
@@ -1101,9 +1148,9 @@ def _details(results: dict) -> list[str]:
             step = results["train_step"]["median_ratio"]["vlalign"]
             heap = statistics.median(a / b for a, b in zip(r["rounds"]["vlalign"], r["rounds"][NO_KEEP_HEAP]))
             out.append(f"Where the end-to-end ratio comes from: the training step alone runs {step:.2f}x open_clip's "
-                       f"on these towers (above, both under glibc's default allocator), `train.keep_heap` adds "
-                       f"{heap:.2f}x (vlalign against its own arm without it), and the remaining "
-                       f"{r['median_ratio']['vlalign'] / step / heap:.2f}x is the data path (decoded once, no worker "
+                       "on these towers (above, measured the same way; `train.keep_heap` included, which is worth "
+                       f"{heap:.2f}x here: vlalign against its own arm without it), and the remaining "
+                       f"{r['median_ratio']['vlalign'] / step:.2f}x is the data path (decoded once, no worker "
                        "competing with the step for the two cores) and the 1,024-entry vocabulary.")
         out.append("")
     if "optimizer" in results:
@@ -1172,6 +1219,7 @@ def main() -> None:
     parser.add_argument("--e2e-arm", choices=E2E_ARMS, help=argparse.SUPPRESS)  # internal: one end-to-end arm
     parser.add_argument("--e2e-work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--e2e-spec", help=argparse.SUPPRESS)
+    parser.add_argument("--step-arm", help=argparse.SUPPRESS)  # internal: one training-step arm
     args = parser.parse_args()
     if args.setup:
         setup(args.venv)
@@ -1185,6 +1233,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
+    if args.step_arm:
+        train_step_arm(args.step_arm, args.e2e_work)
+        return
     if args.e2e_arm:
         end_to_end_arm(args.e2e_arm, args.e2e_work, args.e2e_spec, args.e2e_samples, args.oc_workers)
         return
