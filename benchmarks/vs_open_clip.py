@@ -8,8 +8,9 @@ end-to-end from WebDataset shards, precision chosen by measurement, and time to 
 
 open_clip needs torchvision, so it lives in its own virtual environment (``--venv``, default
 /work/.venvs/openclip; never committed, never installed by CI) with torch 2.14.1 and torchvision
-0.29.1. Both sides run in that venv, on that same torch, in one process (the end-to-end section: a
-fresh process per arm and round, as each tool runs on its own): vlalign from ``src/``.
+0.29.1. Both sides run in that venv, on that same torch, vlalign from ``src/``: the training-step and
+end-to-end sections run each arm in a process of its own, the arms taking turns step by step (as each
+tool runs on its own; ``take_turns``), the other sections run both sides in this process.
 open_clip's model is built from its own config API (a custom model config registered with
 ``open_clip.add_model_config``) and trained with its own ``open_clip_train`` functions (the
 training loop ``train_one_epoch`` and the WebDataset pipeline ``get_wds_dataset``).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import os
@@ -304,22 +306,22 @@ def train_step_section(work: Path, rounds: int, steps: int, with_compile: bool) 
              "vlalign (executed)": flops_per_sample(vl_model, lambda m: _vl_longest(m, images, ids, longest))}
     params = {"open_clip": sum(p.numel() for p in oc_model.parameters()),
               "vlalign": sum(p.numel() for p in vl_model.parameters())}
-    arms = {"open_clip": OpenClipTrainer(oc_model, DataInfo(dataloader=FixedBatches((images, ids))), open_clip_args()),
-            "vlalign": VlalignTrainer(vl_model, batch, cfg, dtype)}
+    in_process = {"open_clip": OpenClipTrainer(oc_model, DataInfo(dataloader=FixedBatches((images, ids))),
+                                               open_clip_args()),
+                  "vlalign": VlalignTrainer(vl_model, batch, cfg, dtype)}  # for the profiles below
     compile_check = None
     if with_compile:
         from vlalign.train.acceleration import compile_model
 
         torch.manual_seed(0)
-        compiled = compile_model(vlalign_model(cfg))
-        compile_check = compiled_loss_check(cfg, compiled, batch)
-        arms["vlalign compiled"] = VlalignTrainer(compiled, batch, cfg, dtype)
+        compile_check = compiled_loss_check(cfg, compile_model(vlalign_model(cfg)), batch)
+    arms = STEP_ARMS if with_compile else STEP_ARMS[:2]
     print(f"training step: batch {BATCH}, {rounds} rounds x {steps} steps per arm, each arm in a process of its own, "
           "taking turns step by step", flush=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--e2e-work", str(work), "--step-arm"]
+    command = [sys.executable, str(Path(__file__).resolve()), "--arm-work", str(work), "--step-arm"]
     rates, loads, per_step = per_round(take_turns({arm: [*command, arm] for arm in arms}, rounds * steps, work), steps)
     result = summarize({"rates": rates, "load_average_1min": loads}, "open_clip") | {"main_process_per_step": per_step}
-    result["matmul_share"] = {name: matmul_share(arms[name]) for name in ("open_clip", "vlalign")}
+    result["matmul_share"] = {name: matmul_share(step) for name, step in in_process.items()}
     peak = _matmul_peak()
     result |= {"flops_per_sample": flops, "parameters": params, "matmul_peak_flops": peak,
                "fraction_of_peak": {"open_clip": result["median_rate"]["open_clip"] * flops["open_clip"] / peak,
@@ -439,7 +441,9 @@ def inference_section(work: Path, rounds: int, repeats: int, with_compile: bool)
     return out
 
 
-# The end-to-end arms; the last one is informational (not vlalign as it runs by default): what train.keep_heap adds.
+# The arms that run in processes of their own. The last end-to-end one is informational (not vlalign as it runs
+# by default): what train.keep_heap adds.
+STEP_ARMS = ("open_clip", "vlalign", "vlalign compiled")
 E2E_ARMS = ("open_clip", "vlalign", "vlalign, train.keep_heap=false")
 NO_KEEP_HEAP = E2E_ARMS[2]
 
@@ -447,9 +451,8 @@ NO_KEEP_HEAP = E2E_ARMS[2]
 def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, oc_workers: int) -> dict:
     """Both pipelines on the same JPEG shards: open_clip's ``get_wds_dataset`` (decode, RandomResizedCrop,
     tokenize in DataLoader workers) into ``train_one_epoch``; vlalign's loader over its pre-decoded cache
-    (built once from the shards, timed separately) into its step. Each arm runs in a fresh process per round
-    (``end_to_end_arm``), alternating, as each tool runs on its own: a setting one of them makes for its
-    process (vlalign's ``train.keep_heap``) must not carry over to the other."""
+    (built once from the shards, timed separately) into its step. Each arm runs in a process of its own
+    (``end_to_end_arm``), the arms taking turns step by step (``take_turns``)."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -474,7 +477,7 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
 
     print(f"end to end: {samples} JPEG {source_size}px samples ({steps} steps) per round, {rounds} rounds, "
           f"each arm in a process of its own, taking turns step by step", flush=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--e2e-work", str(work), "--e2e-spec", spec,
+    command = [sys.executable, str(Path(__file__).resolve()), "--arm-work", str(work), "--e2e-spec", spec,
                "--e2e-samples", str(samples), "--oc-workers", str(oc_workers), "--e2e-arm"]
     records = take_turns({arm: [*command, arm] for arm in E2E_ARMS}, rounds * steps, work)
     rates, loads, processes = per_round(records, steps)  # a round: one epoch of steps
@@ -490,17 +493,18 @@ def end_to_end_section(work: Path, rounds: int, samples: int, source_size: int, 
 
 
 def take_turns(commands: dict, steps: int, work: Path) -> dict:
-    """Run every arm in a process of its own (``commands``: arm -> argv of ``end_to_end_arm``), taking turns
-    step by step (the order rotates every step), so that the machine's changing load hits every arm alike,
-    while a setting one arm makes for its process stays its own. Only the arm whose turn it is runs: the
+    """Run every arm in a process of its own (``commands``: arm -> argv of ``train_step_arm`` or
+    ``end_to_end_arm``), taking turns step by step (the order rotates every step), so that the machine's
+    changing load hits every arm alike, while a setting one arm makes for its process (vlalign's
+    ``train.keep_heap``) stays its own, as when each tool runs on its own. Only the arm whose turn it is runs: the
     others, their DataLoader workers included, are stopped (SIGSTOP) between their steps, so no worker
     decodes for its arm in another arm's time. Returns per arm one record per step."""
     import signal
 
     procs, logs = {}, []
     try:
-        for arm, argv in commands.items():  # one at a time: each builds its arm and trains one untimed epoch
-            logs.append((work / f"e2e-{len(procs)}.log").open("w"))
+        for arm, argv in commands.items():  # one at a time: each builds its arm and warms it up
+            logs.append((work / f"arm-{len(procs)}.log").open("w"))
             procs[arm] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1],
                                           text=True, start_new_session=True)  # its own process group (workers too)
             _expect(procs[arm], arm, "ready", work)
@@ -526,11 +530,11 @@ def take_turns(commands: dict, steps: int, work: Path) -> dict:
 def per_round(records: dict, steps: int) -> tuple[dict, list, dict]:
     """``take_turns``' records cut into rounds of ``steps``: (pairs/s per arm and round, the load average at
     the start of each round, per arm the median page faults and system CPU seconds of a step)."""
-    rates, loads, per_step = {}, [], {}
+    rates, per_step = {}, {}
+    loads = [x["load"] for x in next(iter(records.values()))[::steps]]
     for arm, arm_records in records.items():
         rounds = [arm_records[i:i + steps] for i in range(0, len(arm_records), steps)]
         rates[arm] = [len(chunk) * BATCH / sum(x["seconds"] for x in chunk) for chunk in rounds]
-        loads = [chunk[0]["load"] for chunk in rounds]
         per_step[arm] = {key: statistics.median(x[key] for x in arm_records) for key in ("minor_faults", "system_cpu_s")}
         print(f"  {arm:<32} " + " ".join(f"{rate:6.1f}" for rate in rates[arm]) + " pairs/s per round; per step "
               f"{per_step[arm]['minor_faults']:.0f} page faults, {per_step[arm]['system_cpu_s']:.2f} system CPU s",
@@ -541,16 +545,16 @@ def per_round(records: dict, steps: int) -> tuple[dict, list, dict]:
 def _expect(proc, arm: str, prefix: str, work: Path) -> str:
     line = proc.stdout.readline()
     if not line.startswith(prefix):
-        logs = "\n".join(p.read_text()[-3000:] for p in sorted(work.glob("e2e-*.log")))
-        sys.exit(f"end-to-end arm {arm!r} stopped (said {line!r}); its logs:\n{logs}")
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(work.glob("arm-*.log")))
+        sys.exit(f"arm {arm!r} stopped (said {line!r}); its logs:\n{logs}")
     return line
 
 
 class Turns:
-    """What an arm's training loop iterates in ``end_to_end_arm``: the batches of ``loader``, each after the
-    parent says "go" (on stdin), timed from then until the loop asks for the next batch (one step: data
-    wait and training), reported as one JSON line on stdout. ``len(loader)`` batches per epoch; the
-    loader's iterator (and so its workers) starts inside the first step's time."""
+    """What an arm's training loop iterates (``serve_turns``): ``batches`` batches of ``loader`` per epoch,
+    each after the parent says "go" (on stdin), timed from then until the loop asks for the next batch (one
+    step: data wait and training), reported as one JSON line on stdout. The loader's iterator (and so its
+    workers) starts inside the first step's time."""
 
     def __init__(self, loader, batches: int):
         self.loader, self.num_batches = loader, batches
@@ -559,15 +563,31 @@ class Turns:
     def __iter__(self):
         import resource
 
-        batches, started = None, None
+        batches = None
         for _ in range(self.num_batches):
             sys.stdin.readline()  # "go"
-            started = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             batches = batches or iter(self.loader)
             yield next(batches)
-            seconds, usage = time.perf_counter() - started[0], resource.getrusage(resource.RUSAGE_SELF)
-            print(json.dumps({"seconds": seconds, "minor_faults": usage.ru_minflt - started[1].ru_minflt,
-                              "system_cpu_s": usage.ru_stime - started[1].ru_stime}), flush=True)
+            seconds, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"seconds": seconds, "minor_faults": after.ru_minflt - before.ru_minflt,
+                              "system_cpu_s": after.ru_stime - before.ru_stime}), flush=True)
+
+
+def serve_turns(trainer, loader, batches: int, warmup: int) -> None:
+    """An arm's side of ``take_turns``, never returning: ``warmup`` untimed calls of ``trainer`` (its one-time
+    costs), "ready", then ``trainer`` over ``Turns`` of ``loader``. open_clip's trainer runs an epoch of its
+    ``DataInfo``'s loader, which becomes the ``Turns``; vlalign's trainer runs one step on ``trainer.batch``."""
+    for _ in range(warmup):
+        trainer()
+    print("ready", flush=True)
+    if isinstance(trainer, OpenClipTrainer):
+        trainer.data["train"].dataloader = Turns(loader, batches)
+        while True:
+            trainer()  # open_clip's train_one_epoch, over the batches Turns hands out
+    while True:
+        for trainer.batch in Turns(loader, batches):
+            trainer()
 
 
 def executed_flops_per_pair(parts) -> float:
@@ -588,7 +608,7 @@ def _e2e_open_clip_args(spec: str, samples: int, oc_workers: int):
                            "--dataset-type", "webdataset", "--workers", str(oc_workers)])
 
 
-def _e2e_vlalign_config(work: Path, spec: str, steps: int, overrides: list[str] = ()):
+def _e2e_vlalign_config(work: Path, spec: str, steps: int, *overrides: str):
     from vlalign.config import apply_overrides
 
     return apply_overrides(vlalign_config(), [f"data.train={spec}", f"data.cache_dir={work / 'cache'}",
@@ -597,7 +617,7 @@ def _e2e_vlalign_config(work: Path, spec: str, steps: int, overrides: list[str] 
 
 def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: int) -> None:
     """One arm of the end-to-end section, in this process alone (run by ``take_turns``): build it, train one
-    epoch untimed (the first epoch's one-time costs), say "ready", then train step by step as told."""
+    epoch untimed (the first epoch's one-time costs), then train step by step as told."""
     import torch
 
     steps = samples // BATCH
@@ -607,50 +627,35 @@ def end_to_end_arm(arm: str, work: Path, spec: str, samples: int, oc_workers: in
         model, preprocess_train, _, tokenizer = open_clip_model(work)
         args = _e2e_open_clip_args(spec, samples, oc_workers)
         data = get_data(args, (preprocess_train, None), epoch=0, tokenizer=tokenizer)
-        trainer = OpenClipTrainer(model, data["train"], args)
-        trainer()
-        data["train"].dataloader = Turns(data["train"].dataloader, steps)
-        print("ready", flush=True)
-        while True:
-            trainer()  # open_clip's train_one_epoch, over the batches Turns hands out
+        serve_turns(OpenClipTrainer(model, data["train"], args), data["train"].dataloader, steps, warmup=1)
     from vlalign.train.heap import keep_heap
     from vlalign.train.precision import resolve_precision
     from vlalign.train.setup import build_components
 
-    cfg = _e2e_vlalign_config(work, spec, steps, ["train.keep_heap=false"] if arm == NO_KEEP_HEAP else [])
+    cfg = _e2e_vlalign_config(work, spec, steps, *(["train.keep_heap=false"] if arm == NO_KEEP_HEAP else []))
     if cfg.train.keep_heap:  # as `vlalign train` does (vlalign.train.trainer.run_training)
         keep_heap()
     torch.manual_seed(0)
     parts = build_components(cfg, work / "vlalign-run")  # reads the cache the section built
     trainer = VlalignTrainer(parts.model, None, cfg, resolve_precision(cfg.train.precision))
-    batches = iter(parts.loader)
-    for _ in range(steps):
-        trainer.batch = next(batches)
+    batches = iter(parts.loader)  # vlalign's loader runs on across epochs
+    for trainer.batch in itertools.islice(batches, steps):  # the untimed epoch
         trainer()
-    print("ready", flush=True)
-    while True:
-        for trainer.batch in Turns(batches, steps):  # vlalign's loader runs on across epochs
-            trainer()
+    serve_turns(trainer, batches, steps, warmup=0)
 
 
 def train_step_arm(arm: str, work: Path) -> None:
     """One arm of the training-step section, in this process alone (run by ``take_turns``): build it, train
-    one step untimed, say "ready", then train on the same batch step by step as told. vlalign's arms start
-    as `vlalign train` does (``train.keep_heap``)."""
-    import itertools
-
+    one step untimed, then train on the same batch step by step as told. vlalign's arms start as
+    `vlalign train` does (``train.keep_heap``)."""
     import torch
     from open_clip_train.data import DataInfo
 
     model, _, _, tokenizer = open_clip_model(work)
     images, ids = step_batch(tokenizer)
     if arm == "open_clip":
-        trainer = OpenClipTrainer(model, DataInfo(dataloader=FixedBatches((images, ids))), open_clip_args())
-        trainer()
-        trainer.data["train"].dataloader = Turns(FixedBatches((images, ids)), 1)
-        print("ready", flush=True)
-        while True:
-            trainer()  # open_clip's train_one_epoch over a one-batch epoch
+        one_batch = FixedBatches((images, ids))  # open_clip's train_one_epoch over a one-batch epoch
+        serve_turns(OpenClipTrainer(model, DataInfo(dataloader=one_batch), open_clip_args()), one_batch, 1, warmup=1)
     from vlalign.train.heap import keep_heap
     from vlalign.train.precision import resolve_precision
 
@@ -665,11 +670,8 @@ def train_step_arm(arm: str, work: Path) -> None:
 
         model = compile_model(model)
     batch = {"images": images, "text_ids": ids, "text_mask": ids != 0, "channel_ids": None}
-    trainer = VlalignTrainer(model, batch, cfg, resolve_precision(cfg.train.precision))
-    trainer()
-    print("ready", flush=True)
-    for _ in Turns(itertools.repeat(batch), 1 << 30):
-        trainer()
+    serve_turns(VlalignTrainer(model, batch, cfg, resolve_precision(cfg.train.precision)), itertools.repeat(batch), 1,
+                warmup=1)
 
 
 # Time to a target: the default recipe's world (30,000 scenes at 96 px, the compositional holdout), written
@@ -1124,8 +1126,9 @@ def _details(results: dict) -> list[str]:
                 f"WebDataset shards. open_clip: `open_clip_train.data.get_wds_dataset` ({r['open_clip_workers']} "
                 "DataLoader worker(s): decode, RandomResizedCrop, tokenize) into `train_one_epoch`. vlalign: its "
                 "loader over the pre-decoded cache (`data.cache_dir`) into its step, with its own BPE vocabulary "
-                "(1024) instead of 49408 rows, and no augmentation (its default). Every arm runs in a fresh process "
-                "per round, alternating, as each tool runs on its own: one untimed epoch, then one timed."),
+                "(1024) instead of 49408 rows, and no augmentation (its default). Every arm runs in a process of "
+                "its own after one untimed epoch, the arms taking turns step by step (the others stopped "
+                "meanwhile, workers included); a round is one epoch of each."),
                 (f"vlalign's one-time setup (index the shards, train the tokenizer, decode every image once into "
                 f"the cache): {r['vlalign_setup_s_including_cache_build']:.1f} s; counting it in the first epoch, "
                 f"vlalign runs {r['first_epoch_ratio_including_setup']:.2f}x open_clip. Data pipelines alone: "
@@ -1216,10 +1219,11 @@ def main() -> None:
     parser.add_argument("--ttt-every", type=int, default=50, help="steps between accuracy probes")
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd vlalign arms (minutes to compile)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--e2e-arm", choices=E2E_ARMS, help=argparse.SUPPRESS)  # internal: one end-to-end arm
-    parser.add_argument("--e2e-work", type=Path, help=argparse.SUPPRESS)
+    # internal, for take_turns: one arm of the training-step or end-to-end section, in this process alone
+    parser.add_argument("--step-arm", choices=STEP_ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-arm", choices=E2E_ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--arm-work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--e2e-spec", help=argparse.SUPPRESS)
-    parser.add_argument("--step-arm", help=argparse.SUPPRESS)  # internal: one training-step arm
     args = parser.parse_args()
     if args.setup:
         setup(args.venv)
@@ -1234,10 +1238,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
     if args.step_arm:
-        train_step_arm(args.step_arm, args.e2e_work)
+        train_step_arm(args.step_arm, args.arm_work)
         return
     if args.e2e_arm:
-        end_to_end_arm(args.e2e_arm, args.e2e_work, args.e2e_spec, args.e2e_samples, args.oc_workers)
+        end_to_end_arm(args.e2e_arm, args.arm_work, args.e2e_spec, args.e2e_samples, args.oc_workers)
         return
     start_load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="vs-open-clip-", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
