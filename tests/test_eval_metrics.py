@@ -47,3 +47,16 @@ def test_prompt_ensembles_mean_and_max_on_a_known_case():
     assert torch.allclose(best, torch.tensor([[1.0, 0.8]]))
     with pytest.raises(ValueError, match="mean' or 'max"):
         PromptBank(encode, [["a"]], "median")
+
+
+def test_top1_by_object_size_scores_each_size_on_its_own_objects():
+    from types import SimpleNamespace
+
+    from vlalign.eval.tasks import _top1_by_object_size
+
+    samples = [SimpleNamespace(meta={"size": z}) for z in ("small", "small", "large", "large", "large")]
+    predictions, labels = torch.tensor([1, 0, 2, 2, 0]), torch.tensor([1, 1, 2, 2, 2])
+    out = _top1_by_object_size(predictions, labels, samples)
+    assert out["top1_small"] == 0.5
+    assert abs(out["top1_large"] - 2 / 3) < 1e-6
+    assert _top1_by_object_size(predictions[:2], labels[:2], samples[:2]) == {"top1_small": 0.5}
