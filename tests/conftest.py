@@ -15,6 +15,9 @@ def tiny_cfg():
     cfg.train.steps = 6
     cfg.train.checkpoint_every = 3
     cfg.train.log_every = 1
+    # fp32 pinned: tests compare these runs bit for bit or with fp32 tolerances, and auto picks bf16 on CPUs
+    # that multiply it natively.
+    cfg.train.precision = "fp32"
     return cfg
 
 
