@@ -1,10 +1,20 @@
-"""CI cannot pass quietly: with CI=true (ci_skips) a skip for a missing package fails and a machine's skip
-stays a skip; elsewhere both skip."""
+"""CI cannot pass quietly: .ci/run stops at a failed install and runs the suite with CI=true, where
+(ci_skips) a skip for a missing package fails and a machine's skip stays a skip; elsewhere both skip."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+CI_RUN = Path(__file__).parents[1] / ".ci" / "run"
+# What .ci/run and the fakes below run besides apt-get, pip and python (bash runs the script by its absolute path).
+COREUTILS = ("basename", "dirname", "mktemp", "rm", "sed", "seq", "sh", "tail")
+# A stand-in for apt-get, pip and python: logs its command line (and $CI); fails after 100 lines if it matches $FAIL.
+FAKE_TOOL = """#!/bin/sh
+echo "$(basename "$0") $* CI=$CI" >> "$CALLS"
+case "$(basename "$0") $*" in "$FAIL"*) seq 1 100 | sed 's/^/line /'; exit 100;; esac
+"""
 
 SAMPLE = '''
 import pytest
@@ -66,3 +76,42 @@ def test_outside_ci_every_skip_is_a_skip(tmp_path):
         assert result.returncode == code and expected in summary(result), result.stdout
         assert "CI:" not in result.stdout
 
+
+def run_ci_script(tmp_path: Path, tools: tuple[str, ...] = ("apt-get", "pip", "python"),
+                  fail: str = "no command") -> tuple[subprocess.CompletedProcess, list[str]]:
+    """.ci/run with a PATH of fakes and coreutils only: nothing is installed and no real suite runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in COREUTILS:
+        (bin_dir / name).symlink_to(shutil.which(name))
+    for name in tools:
+        (bin_dir / name).write_text(FAKE_TOOL)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": str(bin_dir), "CALLS": str(calls), "FAIL": fail, "HOME": str(tmp_path)}
+    result = subprocess.run([shutil.which("bash"), str(CI_RUN)], env=env, capture_output=True, text=True, timeout=60)
+    return result, calls.read_text().splitlines() if calls.is_file() else []
+
+
+def test_ci_script_installs_everything_then_runs_the_suite_with_ci_set(tmp_path):
+    result, calls = run_ci_script(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert calls[0] == "apt-get update -qq CI=true"
+    assert calls[1].startswith("apt-get install -y -qq dataset-fashion-mnist chromium chromium-driver")
+    assert "pip install -q datasets CI=true" in calls
+    assert calls[-1] == "python -m pytest -x -q tests CI=true"
+
+
+def test_a_failed_apt_install_stops_the_ci_script_showing_the_end_of_its_output(tmp_path):
+    result, calls = run_ci_script(tmp_path, fail="apt-get install")
+    assert result.returncode == 100
+    assert "error: 'apt-get install -y -qq dataset-fashion-mnist chromium chromium-driver' failed" in result.stderr
+    shown = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert shown == [f"line {i}" for i in range(61, 101)]  # the last 40 lines
+    assert not any(call.startswith(("pip", "python")) for call in calls)  # nothing ran after it
+
+
+def test_the_ci_script_refuses_a_machine_without_apt_get(tmp_path):
+    result, calls = run_ci_script(tmp_path, tools=("pip", "python"))
+    assert result.returncode == 1 and "error: no apt-get" in result.stderr
+    assert calls == []
