@@ -60,5 +60,5 @@ def pytest_make_collect_report(collector):
 def pytest_terminal_summary(terminalreporter):
     skipped = terminalreporter.stats.get("skipped", [])
     if in_ci() and skipped:
-        terminalreporter.write_line(f"CI: {len(skipped)} skipped for a condition of this machine (see the short test summary)",
-                                    yellow=True, bold=True)
+        terminalreporter.write_line(f"CI: {len(skipped)} skipped for a condition of this machine "
+                                    "(see the short test summary)", yellow=True, bold=True)

@@ -64,8 +64,10 @@ def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, by
     table = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(w)}</td><td>{html.escape(m)}</td></tr>"
                     for t, w, m in summary_rows(results))
     last = records[-1] if records else {}
-    facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
-             f"{last.get('samples_seen', 0)} samples seen{_precisions(records)}") if records else "no training log"
+    facts = "no training log"
+    if records:
+        facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
+                 f"{last.get('samples_seen', 0)} samples seen{_precisions(records)}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlalign report: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:4px 10px;text-align:left}}
