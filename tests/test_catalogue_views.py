@@ -34,20 +34,20 @@ def unit(*shape, seed=0):
 
 
 def reference_multi_positive(logits, positives, valid):
-    """Row and column terms written as loops over the matrix."""
+    """Row and column terms written as loops over the matrix: -log of the positives' summed probability."""
     rows, cols = [], []
     n, m = len(logits), len(logits[0])
     for i in range(n):
         cand = [j for j in range(m) if valid[j]]
         pos = [j for j in cand if positives[i][j]]
         if pos:
-            denom = math.log(sum(math.exp(logits[i][j]) for j in cand))
-            rows.append(-sum(logits[i][j] - denom for j in pos) / len(pos))
+            inside = sum(math.exp(logits[i][j]) for j in pos)
+            rows.append(-math.log(inside / sum(math.exp(logits[i][j]) for j in cand)))
     for j in range(m):
         pos = [i for i in range(n) if positives[i][j]]
         if valid[j] and pos:
-            denom = math.log(sum(math.exp(logits[i][j]) for i in range(n)))
-            cols.append(-sum(logits[i][j] - denom for i in pos) / len(pos))
+            inside = sum(math.exp(logits[i][j]) for i in pos)
+            cols.append(-math.log(inside / sum(math.exp(logits[i][j]) for i in range(n))))
     return 0.5 * (sum(rows) / len(rows) + sum(cols) / len(cols))
 
 
@@ -58,7 +58,12 @@ def test_multi_positive_infonce_matches_the_loop_and_is_clip_with_distinct_texts
     positives[2] = False  # a row with no positive is left out
     valid = torch.tensor([True, True, False, True, True, False, True])
     expected = reference_multi_positive(logits.tolist(), positives.tolist(), valid.tolist())
-    assert multi_positive_infonce(logits, positives, valid).item() == pytest.approx(expected, rel=1e-5)
+    logits.requires_grad_()
+    loss = multi_positive_infonce(logits, positives, valid)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    # Invalid columns get a zero gradient, and the row without a positive (still a negative of every column) no NaN.
+    assert torch.isfinite(logits.grad).all() and not logits.grad[:, ~valid].any()
     image, text, scale = unit(6, 8), unit(6, 8, seed=1), torch.tensor(5.0)
     keys = torch.arange(6)  # every text its own
     assert grouped_clip_loss(image, text, keys, scale).item() == pytest.approx(clip_loss(image, text, scale).item(),
@@ -66,11 +71,16 @@ def test_multi_positive_infonce_matches_the_loop_and_is_clip_with_distinct_texts
 
 
 def test_shared_texts_are_positives_not_negatives():
-    image, scale = unit(4, 8), torch.tensor(10.0)
-    text = torch.cat([image[:2].mean(0, keepdim=True).expand(2, -1), image[2:]])  # pairs 0 and 1 share a text
-    text = F.normalize(text, dim=-1)
-    ids = torch.tensor([[5, 6], [5, 6], [7, 0], [8, 0]])  # token rows: the first two are one text
-    assert grouped_clip_loss(image, text, ids, scale) < clip_loss(image, text, scale)
+    """k identical texts among n. Each of their rows has k equal positive columns, so its term is CLIP's minus
+    log k exactly; each of their columns sums the probability q of the k images, and -log Σq <= -(1/k) Σ log q
+    - log k (Jensen), so it too drops by at least log k. The loss is below CLIP's by at least (k / n) log k
+    (CLIP's, for which shared texts are negatives, is what a mean of the positives' log-probabilities gives)."""
+    n, k, scale = 7, 3, torch.tensor(10.0)
+    image, text = unit(n, 8), unit(n, 8, seed=1)
+    text[:k] = text[0]  # the first k pairs share one text
+    ids = torch.tensor([[5, 6]] * k + [[7 + i, 0] for i in range(n - k)])  # token rows: the first k are one text
+    drop = clip_loss(image, text, scale).item() - grouped_clip_loss(image, text, ids, scale).item()
+    assert drop >= k / n * math.log(k) - 1e-5  # 1e-5: float32 rounding of two O(1) losses
 
 
 def test_spherical_kmeans_recovers_separated_clusters_and_prototypes_are_member_means():

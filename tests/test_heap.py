@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
+from ci_skips import machine_skipif
 
 from vlalign.train import heap
 
@@ -35,8 +35,8 @@ def faults(mode: str) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(heap._glibc() is None, reason="mallopt is glibc's")
-@pytest.mark.skipif(transparent_huge_pages_always(), reason="faults are counted in 4 KiB pages")
+@machine_skipif(heap._glibc() is None, "mallopt is glibc's")
+@machine_skipif(transparent_huge_pages_always(), "faults are counted in 4 KiB pages")
 def test_kept_heap_reuses_pages_that_the_default_faults_in_every_time():
     default, kept = faults("default"), faults("keep")
     assert kept["kept"] is True

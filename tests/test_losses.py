@@ -18,8 +18,8 @@ def test_clip_loss_equals_explicit_loop():
     n = image.shape[0]
     total = 0.0
     for i in range(n):
-        row = [scale * image[i] @ text[j] for j in range(n)]
-        col = [scale * image[j] @ text[i] for j in range(n)]
+        row = [(scale * image[i] @ text[j]).item() for j in range(n)]
+        col = [(scale * image[j] @ text[i]).item() for j in range(n)]
         total += -(row[i] - math.log(sum(math.exp(v) for v in row)))
         total += -(col[i] - math.log(sum(math.exp(v) for v in col)))
     assert clip_loss(image, text, scale).item() == pytest.approx(total / (2 * n), rel=1e-5)
@@ -52,9 +52,9 @@ def test_clip_loss_with_hard_negatives_equals_explicit_loop():
     n = image.shape[0]
     total = 0.0
     for i in range(n):
-        row = [scale * image[i] @ text[j] for j in range(n)] + [scale * image[i] @ negatives[j]
-                                                                 for j in range(n) if valid[j]]
-        col = [scale * image[j] @ text[i] for j in range(n)]
+        row = [(scale * image[i] @ text[j]).item() for j in range(n)]
+        row += [(scale * image[i] @ negatives[j]).item() for j in range(n) if valid[j]]
+        col = [(scale * image[j] @ text[i]).item() for j in range(n)]
         total += -(row[i] - math.log(sum(math.exp(v) for v in row)))
         total += -(col[i] - math.log(sum(math.exp(v) for v in col)))
     assert clip_loss(image, text, scale, negatives, valid).item() == pytest.approx(total / (2 * n), rel=1e-5)

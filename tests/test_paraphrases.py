@@ -104,13 +104,13 @@ def test_paraphrase_loss_equals_explicit_loop(with_negatives):
     neg_valid = torch.tensor([True, True, False, True, True, True])
     s = lambda a, b: (scale * a @ b).item()
     rows = 0.0
-    for i in range(n):  # image -> every caption, valid paraphrase and valid negative; mean over its positives
+    for i in range(n):  # image -> every caption, valid paraphrase and valid negative; its positives' summed probability
         columns = [s(image[i], text[j]) for j in range(n)] + [s(image[i], para[j]) for j in range(n) if para_valid[j]]
         if with_negatives:
             columns += [s(image[i], neg[j]) for j in range(n) if neg_valid[j]]
         log_z = math.log(sum(math.exp(v) for v in columns))
         positives = [s(image[i], text[i])] + ([s(image[i], para[i])] if para_valid[i] else [])
-        rows += -sum(v - log_z for v in positives) / len(positives)
+        rows += -(math.log(sum(math.exp(v) for v in positives)) - log_z)
     cols, count = 0.0, 0
     for texts, valid in ((text, [True] * n), (para, para_valid)):  # text -> image, its own image the target
         for j in range(n):

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from reliability_helpers import (
     RUN,
@@ -29,6 +30,11 @@ from vlalign.checkpoint import complete_checkpoints, latest_checkpoint
 from vlalign.cli import main
 
 GOLDEN = Path(__file__).parent / "assets" / "losses" / "tiny_clip_cpu.txt"
+# fp32 GEMMs add in an order set by the CPU's kernels (vector width, MKL / oneDNN code path), so the same run
+# rounds differently on another CPU: an AMD EPYC (AVX-512) is within 2 ulps of the golden file's machine at every
+# step. 8 leaves a 4x margin; step 1's loss (the init on the first batch) moves far more under any change of what
+# is computed. On one machine the run is reproduced bit for bit: the resume tests compare against its reference.
+GOLDEN_ULPS = 8
 
 
 @pytest.fixture
@@ -92,11 +98,13 @@ def test_keep_last_k_leaves_the_newest_complete_checkpoints(reference):
 
 
 def test_losses_match_the_golden_file(reference):
-    """First 20 losses of the tiny recipe on CPU, bit for bit. An intentional numerics change must
-    regenerate the file in the same commit: VLALIGN_UPDATE_GOLDEN=1 pytest tests/test_resume.py."""
+    """First 20 losses of the tiny recipe on CPU in fp32, to within GOLDEN_ULPS float32 ulps. An intentional
+    numerics change must regenerate the file in the same commit: VLALIGN_UPDATE_GOLDEN=1 pytest tests/test_resume.py."""
     got = [losses(reference)[step] for step in range(1, 21)]
     if os.environ.get("VLALIGN_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text("# tiny recipe, train.threads=1, CPU: loss of steps 1-20 as float.hex\n" + "\n".join(got) + "\n")
-    expected = [line for line in GOLDEN.read_text().splitlines() if line and not line.startswith("#")]
-    assert got == expected
+        header = "# tiny recipe, train.threads=1, train.precision=fp32, CPU: loss of steps 1-20 as float.hex"
+        GOLDEN.write_text(header + "\n" + "\n".join(got) + "\n")
+    expected = [float.fromhex(line) for line in GOLDEN.read_text().splitlines() if line and not line.startswith("#")]
+    ulps = [abs(float.fromhex(g) - e) / float(np.spacing(np.float32(e))) for g, e in zip(got, expected, strict=True)]
+    assert max(ulps) <= GOLDEN_ULPS, ulps

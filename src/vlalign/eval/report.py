@@ -38,6 +38,12 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
+def _precisions(records: list[dict]) -> str:
+    """", precision bf16" (or "fp32, bf16" where a resume on another machine changed it); "" for older logs."""
+    seen = list(dict.fromkeys(r["precision"] for r in records if "precision" in r))  # in order of first use
+    return f", precision {', '.join(seen)}" if seen else ""
+
+
 def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, bytes]) -> Path:
     run_dir = Path(run_dir)
     plot_dir = run_dir / "plots"
@@ -58,8 +64,10 @@ def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, by
     table = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(w)}</td><td>{html.escape(m)}</td></tr>"
                     for t, w, m in summary_rows(results))
     last = records[-1] if records else {}
-    facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
-             f"{last.get('samples_seen', 0)} samples seen") if records else "no training log"
+    facts = "no training log"
+    if records:
+        facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
+                 f"{last.get('samples_seen', 0)} samples seen{_precisions(records)}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlalign report: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:4px 10px;text-align:left}}

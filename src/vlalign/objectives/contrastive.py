@@ -46,9 +46,11 @@ def paraphrase_infonce(image: torch.Tensor, text: torch.Tensor, paraphrases: tor
     """CLIP's InfoNCE where each image has two positive texts, its caption and its (valid) paraphrase.
 
     Columns are every caption, paraphrase and hard negative of the global batch. Image -> text: each
-    image's softmax runs over all valid columns, averaged over its positives. Text -> image: each
-    caption and valid paraphrase column's softmax over the images, its own image the target; negatives
-    have no image, so they take part in the image -> text direction only (as in ``clip_loss``).
+    image's softmax runs over all valid columns and scores the summed probability of its caption and
+    paraphrase (``multi_positive_infonce``), so the two are not made to split it. Text -> image: each
+    caption and valid paraphrase column's softmax over the images, its own image the target, so each of
+    the two texts is still pulled to its image; negatives have no image, so they take part in the
+    image -> text direction only (as in ``clip_loss``).
     """
     all_image = dist.gather_with_grad(image)  # [N, E]
     columns = [dist.gather_with_grad(text), dist.gather_with_grad(paraphrases)]  # [N, E] each

@@ -9,7 +9,9 @@ tower:
 - caption: CLIP's InfoNCE of pooled image and caption;
 - clause: the pooled image against every clause of the global batch. An image's positives are its
   own clauses and every clause with the same text ("one shape" is true of every single-object
-  scene); a clause's positives are the images having it (``multi_positive_infonce``);
+  scene); a clause's positives are the images having it. Both directions score the summed
+  probability of the positives (``multi_positive_infonce``): images sharing a clause do not compete
+  for it, and each clause is still pulled to the images that have it by its own column;
 - word: token-patch late interaction (FILIP, ``vlalign.objectives.filip``): each word takes its most
   similar patch and each patch its most similar word.
 """

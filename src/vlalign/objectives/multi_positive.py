@@ -4,11 +4,19 @@ Auxiliary objectives often contrast a short text that many samples share: a regi
 red circle"), an attribute ("red and blue"), a cached description ("a photo of the coat"), a clause
 ("one shape"). With CLIP's one-positive targets two images that share such a text would be pushed
 apart by it; here every text identical to an image's own is a positive too (UniCL's rule, Yang et
-al. 2022 §3.2, with "same class" read as "same text"):
+al. 2022 §3.2, with "same class" read as "same text"), and a row or column is scored by the summed
+probability of its positives (MIL-NCE's form, Miech et al. 2020):
 
-    L_rows = mean_i  -1/|P_i| Σ_{k∈P_i} log softmax_k(s_i·)        (rows with a positive)
-    L_cols = mean_j  -1/|Q_j| Σ_{i∈Q_j} log softmax_i(s_·j)        (valid columns with a positive)
+    L_rows = mean_i  -log Σ_{k∈P_i} softmax_k(s_i·)        (rows with a positive)
+    L_cols = mean_j  -log Σ_{i∈Q_j} softmax_i(s_·j)        (valid columns with a positive)
     L = (L_rows + L_cols) / 2
+
+Why the sum and not the mean of the positives' log-probabilities (UniCL's form, and SupCon's L_out,
+Khosla et al. 2020): under the mean each positive's target is 1/|P|, so a positive holding more than
+its share is pushed down for the others' sake, which is what a negative does. With exact duplicate
+texts that makes the loss CLIP's exactly (the images sharing a text still split its column, each pushed
+to 1/k of it). Under the sum only the mass outside the positives is penalised: images sharing a text
+no longer compete for it, and the loss of a row with k identical positive columns is CLIP's minus log k.
 
 With one positive per row and column (all texts distinct) it is CLIP's symmetric InfoNCE exactly.
 """
@@ -16,7 +24,6 @@ With one positive per row and column (all texts distinct) it is CLIP's symmetric
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vlalign import dist
 
@@ -27,24 +34,22 @@ def multi_positive_infonce(logits: torch.Tensor, positives: torch.Tensor,
 
     Invalid columns take no part in any softmax; rows and columns without a positive are left out.
     """
-    if column_valid is None:
-        column_valid = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-    positives = positives & column_valid[None, :]
-    logits = logits.masked_fill(~column_valid[None, :], float("-inf"))
-    weights = positives.to(logits.dtype)
-    # Rows: softmax over the valid columns. where() keeps -inf * 0 out of the sums.
-    row_logp = F.log_softmax(logits, dim=1).where(positives, logits.new_zeros(()))
-    row_count = weights.sum(1)
-    rows = row_count > 0
-    row_loss = -(row_logp.sum(1)[rows] / row_count[rows]).mean()
-    # Columns: softmax over every row, for the valid columns only.
-    valid_logits = logits[:, column_valid]  # [N, M']
-    col_positives = positives[:, column_valid]
-    col_logp = F.log_softmax(valid_logits, dim=0).where(col_positives, logits.new_zeros(()))
-    col_count = col_positives.to(logits.dtype).sum(0)
-    cols = col_count > 0
-    col_loss = -(col_logp.sum(0)[cols] / col_count[cols]).mean()
-    return 0.5 * (row_loss + col_loss)
+    if column_valid is not None:
+        positives = positives & column_valid[None, :]
+        logits = logits.masked_fill(~column_valid[None, :], float("-inf"))
+    # Columns are the rows of the transpose; an invalid column has no positive, so it drops out there.
+    return 0.5 * (_positive_nll(logits, positives) + _positive_nll(logits.t(), positives.t()))
+
+
+def _positive_nll(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """logits [R, C], positives [R, C] bool -> mean over rows with a positive of -log Σ_{positive c} softmax_c."""
+    # Rows without a positive are dropped first: their positives' log-sum-exp is -inf (an invalid column's
+    # total one too), so no inf or NaN reaches the mean or the backward.
+    has_positive = positives.any(1)
+    logits, positives = logits[has_positive], positives[has_positive]  # [R', C]
+    log_all = torch.logsumexp(logits, 1)  # [R']
+    log_positive = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), 1)  # [R']
+    return (log_all - log_positive).mean()
 
 
 def same_rows(keys: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,14 @@ def resolve_precision(setting: str, device: str = "cpu") -> torch.dtype:
     return DTYPES[setting]
 
 
+def precision_name(setting: str, dtype: torch.dtype) -> str:
+    """What a run records as its precision: "fp32" | "bf16" (what ``auto`` chose on this machine), or the
+    simulated "nvfp4-sim" (whose step runs in fp32 around the quantised linears)."""
+    if setting == "nvfp4-sim":
+        return setting
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
 def bf16_speedup(device: str = "cpu") -> float:
     """fp32 time / bf16 time of one GEMM of ``PROBE_SHAPE``: measured once per machine, then cached."""
     return cached_probe(machine_key(device, "bf16_speedup"), lambda: probe_bf16_speedup(device))

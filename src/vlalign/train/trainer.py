@@ -36,7 +36,7 @@ from vlalign.train.distributed import build_strategy, local_world_size
 from vlalign.train.heap import keep_heap
 from vlalign.train.metrics import MetricsLog, Throughput
 from vlalign.train.optim import build_optimizer, set_implementation
-from vlalign.train.precision import resolve_precision
+from vlalign.train.precision import precision_name, resolve_precision
 from vlalign.train.resume import check_resumable, restore, save
 from vlalign.train.setup import build_components, resolve_threads, seed_everything
 from vlalign.train.step import TrainState, batch_size, forward_kwargs, train_step
@@ -83,6 +83,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     # nvfp4-sim quantises inside the linear layers themselves; the rest of the step stays fp32.
     dtype = (torch.float32 if cfg.train.precision == "nvfp4-sim"
              else resolve_precision(cfg.train.precision, next(model.parameters()).device.type))
+    # Every logged step names it: auto resolves per machine, so a run resumed elsewhere may change precision.
+    precision = precision_name(cfg.train.precision, dtype)
     if cfg.train.compile:
         compile_model(model)
     metrics = MetricsLog(run_dir / "metrics.jsonl", dist.is_main())
@@ -124,7 +126,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                     metrics.write({"step": state.step, **step_metrics, **throughput.record(),
                                    "samples_seen": state.samples_seen, "epoch": loader.epoch,
                                    "data/skipped": int(dist.all_reduce_sum(loader.skips.skipped)),
-                                   "skipped_steps": state.skipped_steps, **({"image_size": size} if size else {}),
+                                   "skipped_steps": state.skipped_steps, "precision": precision,
+                                   **({"image_size": size} if size else {}),
                                    **text_retention_metrics(parts, model)})
             periodic = step_metrics is not None and (
                 state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps)
