@@ -1193,9 +1193,9 @@ def machine(start_load: float) -> dict:
     import open_clip
     import torch
 
-    from vlalign.train.metrics import _cpu_model
+    from vlalign.provenance import cpu_model
 
-    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
             "load_average_start": start_load, "load_average_end": os.getloadavg()[0]}
 
