@@ -52,9 +52,7 @@ def main() -> None:
     rerun = {label for recipe in args.recipes for label in (recipe, recipe.replace("-clip", "-fdt"))}
     previous = json.loads(path.read_text()) if path.exists() else None
     kept = [r for r in previous["rows"] if r["recipe"] not in rerun] if previous else []  # datasets not rerun now
-    stamp = provenance.stamp(began, args.seeds)
-    if kept:
-        stamp = provenance.keep_earlier(stamp, previous)
+    stamp = provenance.with_earlier(provenance.stamp(began, args.seeds), [previous["stamp"]] if kept else [])
     rows = kept + rows
     path.write_text(json.dumps({"stamp": stamp, "rows": rows}, indent=1))
     (RESULTS / "fdt_vs_clip.md").write_text("# CLIP vs CLIP+FDT\n\n" + table(rows) + "\n\n"

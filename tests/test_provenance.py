@@ -86,10 +86,24 @@ def test_markdown_of_backfilled_stamp_says_what_is_missing() -> None:
     assert "load average ? → 2.50" in line
 
 
-def test_keep_earlier_flattens_the_stamps_of_kept_rows() -> None:
+def test_with_earlier_lists_the_distinct_stamps_of_kept_rows() -> None:
     oldest = {"commit": "1", "date": "d1"}
     older = {"commit": "2", "date": "d2", "earlier": [oldest]}
-    kept = provenance.keep_earlier({"commit": "3"}, {"stamp": older, "rows": []})
-    assert kept["earlier"] == [{"commit": "2", "date": "d2"}, oldest]
-    assert "`2` (d2), `1` (d1)" in provenance.markdown(kept)
-    assert provenance.keep_earlier({"commit": "3"}, None) == {"commit": "3"}
+    current = {"commit": "3", "date": "d3"}
+    stamped = provenance.with_earlier(current, [older, oldest, current])
+    assert stamped["earlier"] == [{"commit": "2", "date": "d2"}, oldest]
+    assert "`2` (d2), `1` (d1)" in provenance.markdown(stamped)
+    assert provenance.with_earlier(current, []) == current
+
+
+def test_markdown_sources_names_each_file_and_commit() -> None:
+    stamps = {"a.json": {"commit": "1" * 40, "date": "d1"}, "b.json": {"commit": "2", "date": "d2"}}
+    line = provenance.markdown_sources(stamps)
+    assert line == f"Numbers read from `a.json` (commit `{'1' * 40}`, d1), `b.json` (commit `2`, d2)."
+
+
+def test_of_sections_names_the_runs_of_the_kept_sections() -> None:
+    before, first, current = {"commit": "0"}, {"commit": "1"}, {"commit": "2"}
+    stamp = provenance.of_sections(current, ["a", "b", "c"], {"a": first, "b": current}, before)
+    assert stamp["commit"] == "2" and stamp["earlier"] == [first, before]
+    assert provenance.of_sections(current, ["b"], {"b": current}, None) == current

@@ -50,13 +50,23 @@ def stamp(began: dict, seeds: list[int], threads: int | None = None) -> dict:
             "threads": threads or torch.get_num_threads(), "cpus": os.cpu_count(), "backfilled": False}
 
 
-def keep_earlier(current: dict, previous: dict | None) -> dict:
-    """``current`` with the stamps of an earlier results file whose rows a run keeps, under ``earlier``."""
-    if not previous or "stamp" not in previous:
-        return current
-    older = previous["stamp"]
-    earlier = [{k: v for k, v in older.items() if k != "earlier"}, *older.get("earlier", [])]
-    return {**current, "earlier": earlier}
+def with_earlier(current: dict, kept: list[dict]) -> dict:
+    """``current`` with, under ``earlier``, the distinct stamps (theirs and their own earlier ones) of the
+    runs whose rows a results file keeps next to this run's."""
+    earlier: list[dict] = []
+    for older in kept:
+        for one in (older, *older.get("earlier", [])):
+            one = {k: v for k, v in one.items() if k != "earlier"}
+            if one != current and one not in earlier:
+                earlier.append(one)
+    return {**current, "earlier": earlier} if earlier else current
+
+
+def of_sections(current: dict, sections: list[str], stamps: dict[str, dict], before: dict | None) -> dict:
+    """The stamp of a results file whose sections were run at different times: ``current`` (this run's) with
+    each section's stamp (``stamps[name]``, else ``before``, the file's stamp before this run) as earlier ones."""
+    kept = [stamps.get(name, before) for name in sections]
+    return with_earlier(current, [s for s in kept if s])
 
 
 def markdown(stamp: dict) -> str:
@@ -72,6 +82,12 @@ def markdown(stamp: dict) -> str:
     if earlier:
         facts.append("rows kept from earlier runs at " + ", ".join(earlier))
     return f"{lead} " + "; ".join(facts) + "."
+
+
+def markdown_sources(stamps: dict[str, dict]) -> str:
+    """One line naming the results files a summary reads (file name -> that file's stamp) and their commits."""
+    return "Numbers read from " + ", ".join(f"`{name}` (commit `{s['commit']}`, {s['date']})"
+                                            for name, s in stamps.items()) + "."
 
 
 def _command(stamp: dict) -> str:
