@@ -598,9 +598,9 @@ def write_markdown(results: dict) -> None:
             lines += ["", f"_({meta['minutes']:.1f} min, load average {meta['load']:.1f})_", ""]
     missing = [name for name in SECTIONS if name not in results or results[name]["meta"]["quick"]]
     if missing:
-        lines += ["## Not measured yet", "", "These sections have code and tests but no full run in this file (the "
-                  "shared machine's load left no time for them); run `nice -n 15 python benchmarks/catalogue_rest.py "
-                  f"--sections {' '.join(missing)}` to add them.", ""]
+        lines += ["## Not measured yet", "", "These sections have code and tests but no complete run in this file; "
+                  f"run `nice -n 15 python benchmarks/catalogue_rest.py --sections {' '.join(missing)}` to add them.",
+                  ""]
     if results.get("notes"):
         lines += ["## Notes", "", *results["notes"], ""]
     lines.append(provenance.markdown(results["stamp"]))
