@@ -174,8 +174,8 @@ def recipe_rates(recipe: str, overrides: list[str], data_batches: int, steps: in
 
 def markdown(args, cache_build_s: float, rows: list[dict], orders: list[dict], recipe: dict, stamp: dict) -> str:
     lines = ["# Data-loader throughput", "",
-             f"{os.cpu_count()} CPU cores, load average {stamp['load_end']:.1f} at the end (other jobs shared the machine: "
-             "compare ratios, not absolute numbers).", "",
+             f"{os.cpu_count()} CPU cores, load average {stamp['load_end']:.1f} at the end (other jobs shared the "
+             "machine: compare ratios, not absolute numbers).", "",
              f"## The default recipe: data only vs training step (`{recipe['recipe']}`)", "",
              f"Batch {recipe['batch_size']}, {recipe['num_workers']} loader workers, order {recipe['order']}, "
              f"{recipe['threads']} torch threads; loader alone over {recipe['data_batches']} batches, "
