@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from vlalign import provenance
 from vlalign.adapt.active_selection import STRATEGIES, select
 from vlalign.adapt.merging import merge_runs
 from vlalign.adapt.prompt_learning import prompt_logits, tokenize_class_names, train_prompt_context
@@ -53,6 +54,8 @@ SHAPES_EVAL = "shapes:n={n},seed=2,objects=1,size=32"
 BASE = ["data.image_size=32", "model.vision.size=vit-micro", "model.vision.patch_size=8", "model.text.size=text-micro",
         "model.text.vocab_size=512", "model.embed_dim=64", "data.batch_size=64", "data.context_length=32",
         "optim.warmup_steps=30", "train.threads=1", "train.log_every=25", "data.eval=fashion-mnist:test"]
+TRAIN_SEED = get_recipe("shapes-clip").train.seed  # every training arm's: the recipe's own
+ACTIVE_POOLS = 3  # active prompt learning: one long-tailed pool per seed 0, 1, ...
 REUSE = False  # --reuse: keep finished runs of the work directory (set by main)
 RANK_TARGETS = "model.adapter.targets=attn.qkv,attn.proj,mlp.fc1,mlp.fc2"
 # The base never read Fashion-MNIST's words: their token embeddings are untrained, and with them frozen the text side
@@ -347,6 +350,7 @@ def write(result: dict) -> None:
         lines += merging_section(result, base, full)
     if result.get("active"):
         lines += active_section(result)
+    lines += ["", provenance.markdown(result["stamp"])]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_adaptation.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_adaptation.json").write_text(json.dumps(result, indent=1))
@@ -411,6 +415,7 @@ def main() -> None:
         return
     global REUSE
     REUSE = args.reuse
+    began = provenance.start()
     work, start = Path(args.work), time.perf_counter()
     seconds = train(work / "base", [f"data.train={SHAPES}"], args.base_steps)
     base = {"train_seconds": round(seconds, 1), **accuracies(load(work / "base"), args.eval_n)}
@@ -420,7 +425,8 @@ def main() -> None:
               "base": base, "rows": [], "notes": earlier_notes()}
 
     def save() -> None:  # after every stage, so that a stopped run leaves its finished rows
-        write(result | {"wall_seconds": time.perf_counter() - start, "loadavg_end": loadavg()})
+        stamp = provenance.stamp(began, sorted({TRAIN_SEED, *range(ACTIVE_POOLS)}))
+        write({"stamp": stamp} | result | {"wall_seconds": time.perf_counter() - start})
 
     arms = {a.name: a for a in ARMS}
     for name in args.arms:  # in the order given; merging and PCB right after full-ft, which they read
@@ -433,7 +439,7 @@ def main() -> None:
         save()
         active_model = load(work / args.active_model)
         context = PromptContext.from_text(active_model.model, active_model.tokenizer, "a photo of the")
-        result["active"] = active_prompt_learning(active_model, rounds=4, budget=10, seeds=3, pool_n=600,
+        result["active"] = active_prompt_learning(active_model, rounds=4, budget=10, seeds=ACTIVE_POOLS, pool_n=600,
                                                   test_n=args.eval_n, steps=50)
         result |= {"active_model": args.active_model, "context_vectors": context.context.shape[0]}
         save()

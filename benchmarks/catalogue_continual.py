@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.checkpoint import complete_checkpoints
 from vlalign.config import apply_overrides
@@ -233,7 +234,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def write_outputs(out: Path, args, steps: dict, ctp: dict, vpg: dict, mono: dict, seconds: dict,
-                  total: float) -> None:
+                  total: float, stamp: dict) -> None:
     seeds = args.seeds
     names = domains(SPLIT)
     quick = " (--quick: a smoke test, numbers meaningless)" if args.quick else ""
@@ -334,13 +335,13 @@ def write_outputs(out: Path, args, steps: dict, ctp: dict, vpg: dict, mono: dict
                      f"{m['text_token_accuracy']:.3f} | {m['text_loss']:.3f} | {fmt(m['retention'])} | "
                      f"{m['max_text_logit_change']:.1e} |")
     lines += ["", "## Wall time per run (s, shared CPU)", "",
-              ", ".join(f"{k} {s['seconds']:.0f}" for k, s in seconds.items())]
+              ", ".join(f"{k} {s['seconds']:.0f}" for k, s in seconds.items()), "", provenance.markdown(stamp)]
     table = "\n".join(lines) + "\n"
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)
-    payload = {"seeds": seeds, "steps": steps, "ctp": {str(s): r for s, r in ctp.items()}, "vpgtrans": vpg,
-               "mono_internvl": mono, "seconds": seconds, "total_seconds": total, "quick": args.quick}
+    payload = {"stamp": stamp, "seeds": seeds, "steps": steps, "ctp": {str(s): r for s, r in ctp.items()},
+               "vpgtrans": vpg, "mono_internvl": mono, "seconds": seconds, "total_seconds": total, "quick": args.quick}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
 
 
@@ -352,6 +353,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/catalogue_continual", help="writes OUT.md and OUT.json")
     parser.add_argument("--quick", action="store_true", help="a few steps per run: checks the script runs")
     args = parser.parse_args()
+    began = provenance.start()
     torch.set_num_threads(1)
     level = 1 if args.quick else 0
     steps = {name: budget[level] for name, budget in BUDGET.items()}
@@ -361,7 +363,8 @@ def main() -> None:
     seconds: dict = {}
     vpg, mono = run_generative(work, steps, seconds)
     ctp = {seed: run_ctp(work, seed, steps["task"], args.eval_n, seconds) for seed in args.seeds}
-    write_outputs(Path(args.out), args, steps, ctp, vpg, mono, seconds, time.perf_counter() - started)
+    write_outputs(Path(args.out), args, steps, ctp, vpg, mono, seconds, time.perf_counter() - started,
+                  provenance.stamp(began, sorted({*args.seeds, 0})))  # the CTP streams', the others' (recipe default)
     shutil.rmtree(work, ignore_errors=True)
 
 

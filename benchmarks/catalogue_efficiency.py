@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import ModelConfig, apply_overrides
 from vlalign.curate.similarity_filter import (
@@ -316,19 +317,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="benchmarks/.work/catalogue_efficiency")
     args = parser.parse_args()
+    began = provenance.start()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a finished run would be resumed (0 steps) and mis-timed
     start = time.perf_counter()
     rows = run(args.steps, args.seed, work)
     seconds = time.perf_counter() - start
+    stamp = provenance.stamp(began, [args.seed])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_efficiency.json").write_text(json.dumps(
-        {"steps": args.steps, "seed": args.seed, "total_seconds": seconds, "rows": rows}, indent=1))
+        {"stamp": stamp, "steps": args.steps, "seed": args.seed, "total_seconds": seconds, "rows": rows}, indent=1))
     md = (f"# Efficiency components (catalogue issue 12) vs the baseline\n\n{table(rows, args.steps)}\n\n"
           f"Training loss, fp32 vs simulated NVFP4 (NVFP4's loss is that of its quantised forward pass):\n\n"
           f"{loss_table(rows)}\n\n"
           f"Total wall-clock {seconds / 60:.1f} min (`nice -n 10`, shared 2-core machine: wall-clock figures are "
-          "indicative; FLOPs are exact). Full loss curves are in the JSON file.\n")
+          "indicative; FLOPs are exact). Full loss curves are in the JSON file.\n\n"
+          f"{provenance.markdown(stamp)}\n")
     (RESULTS / "catalogue_efficiency.md").write_text(md)
     print(md)
 

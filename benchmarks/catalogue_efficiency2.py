@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from catalogue_efficiency import TRAIN, base_overrides, final_loss, quality, train  # noqa: E402
 
+from vlalign import provenance  # noqa: E402
 from vlalign.api import load  # noqa: E402
 from vlalign.config import apply_overrides  # noqa: E402
 from vlalign.curate.reduction import pair_embeddings, random_subset, representative_subset  # noqa: E402
@@ -337,8 +338,10 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run these sections (repeatable)")
     parser.add_argument("--work", default="benchmarks/.work/catalogue_efficiency2")
     args = parser.parse_args()
+    began = provenance.start()
     path = RESULTS / f"{NAME}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {"sections": {}}
+    before = stored.get("stamp")
     for name in args.only or list(SECTIONS):
         work = Path(args.work) / name
         shutil.rmtree(work, ignore_errors=True)  # a finished run would be resumed (0 steps) and mis-timed
@@ -347,6 +350,9 @@ def main() -> None:
         stored["sections"][name] = SECTIONS[name](steps, args.seed, work)
         stored.setdefault("seconds", {})[name] = time.perf_counter() - start
         stored["steps"], stored["generative_steps"], stored["seed"] = args.steps, args.generative_steps, args.seed
+        stamps = stored.setdefault("section_stamps", {})
+        stamps[name] = provenance.stamp(began, [args.seed])
+        stored["stamp"] = provenance.of_sections(stamps[name], list(stored["sections"]), stamps, before)
         RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=1))
         write_markdown(stored)
@@ -362,7 +368,8 @@ def write_markdown(stored: dict) -> None:
           f"{table(stored['sections'], stored['steps'])}\n\n"
           f"Sections took {minutes:.1f} min in all (`nice -n 15`, a 2-core machine shared with other jobs; `load` is the "
           "1-minute load average when the row was measured: wall-clock figures are indicative only, FLOPs are exact). "
-          "Curves and every number are in the JSON file.\n")
+          "Curves and every number are in the JSON file.\n\n"
+          f"{provenance.markdown(stored['stamp'])}\n")
     (RESULTS / f"{NAME}.md").write_text(md)
     print(md)
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from catalogue_objectives import BASE, TRAIN, headline, metrics_table, train_arm
+from catalogue_objectives import BASE, SEED, TRAIN, headline, metrics_table, train_arm
 
+from vlalign import provenance
 from vlalign.api import Aligner, load
 from vlalign.data.specs import build_source
 from vlalign.eval import run_tasks
@@ -172,7 +173,7 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write(rows: list[dict], runs: list[dict], eval_n: int) -> None:
+def write(rows: list[dict], runs: list[dict], eval_n: int, stamp: dict) -> None:
     arms = {a.name: a for a in ARMS}
     commands = "; ".join(f"`{r['command']}` ({r['wall_seconds'] / 60:.1f} min)" for r in runs)
     lines = [
@@ -210,10 +211,11 @@ def write(rows: list[dict], runs: list[dict], eval_n: int) -> None:
         lines += ["", ("After training: FIBER's gates tanh(α) per direction and layer; ManagerTower's softmax weights "
                        "over the managed unimodal layers (lower layer first) per cross-modal layer."), ""]
         lines += [f"- {label(r)}: `{json.dumps(r.get('gates') or r.get('manager_weights'))}`" for r in states]
+    lines += ["", provenance.markdown(stamp)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_fusion.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_fusion.json").write_text(json.dumps(
-        {"eval_n": eval_n, "base_overrides": BASE, "runs": runs,
+        {"stamp": stamp, "eval_n": eval_n, "base_overrides": BASE, "runs": runs,
          "arms": {a.name: list(a.overrides) for a in ARMS}, "rows": rows}, indent=1))
 
 
@@ -236,8 +238,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((RESULTS / "catalogue_fusion.json").read_text())
-        write(saved["rows"], saved["runs"], saved["eval_n"])
+        write(saved["rows"], saved["runs"], saved["eval_n"], saved["stamp"])
         return
+    began = provenance.start()
     arms = [a for a in ARMS if a.name in args.arms]
     work = Path(args.work)
     if any(a.from_clip for a in arms) and not (work / "clip").is_dir() and "clip" not in args.arms:
@@ -252,7 +255,11 @@ def main() -> None:
     command = ("nice -n 10 python benchmarks/catalogue_fusion.py" + (" --append" if args.append else "")
                + f" --steps {args.steps} --arms {' '.join(a.name for a in arms)}")
     runs = [*old["runs"], {"command": command, "wall_seconds": round(time.perf_counter() - start)}]
-    write(merge(old["rows"], rows), runs, args.eval_n)
+    merged = merge(old["rows"], rows)
+    stamp = provenance.stamp(began, [SEED])
+    if len(merged) > len(rows):  # rows of earlier runs kept
+        stamp = provenance.with_earlier(stamp, [old["stamp"]])
+    write(merged, runs, args.eval_n, stamp)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from catalogue_efficiency import base_overrides, quality  # noqa: E402
 
+from vlalign import provenance  # noqa: E402
 from vlalign.api import load  # noqa: E402
 from vlalign.config import apply_overrides, validate  # noqa: E402
 from vlalign.data.generative import collate_generative  # noqa: E402
@@ -43,6 +44,7 @@ from vlalign.train import run_training  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "catalogue_mixture"
+SEED = 0  # every run's: the CLIP runs' train.seed, and the recipes' default for the LM runs
 LM_STEPS, MIX_STEPS = 120, 60
 RATIOS = [0.0, 0.25, 0.5, 0.75]
 CMR_FIT, CMR_HELD_OUT = [0.5, 0.75], 0.25  # fit on these runs, predict the held-out run's curve
@@ -142,7 +144,7 @@ def mlm_section(work: Path) -> dict:
         for arm in ("scratch", "mlm"):
             run = work / f"clip-{n}-{arm}"
             shutil.rmtree(run, ignore_errors=True)
-            overrides = base_overrides(CLIP_STEPS, 0) + text_settings + [
+            overrides = base_overrides(CLIP_STEPS, SEED) + text_settings + [
                 f"data.train=shapes:n={n},seed=0,holdout={SHAPES_HOLDOUT}", f"train.checkpoint_every={CLIP_STEPS}"]
             if arm == "mlm":
                 overrides += [f"model.init_from=[{mlm_dir}]", "model.init_modules=[text]"]
@@ -191,7 +193,7 @@ def committee_section(work: Path) -> dict:
             for init in ("scratch", "mlm"):
                 run = work / f"clip-{n}-{tower}-{init}"
                 shutil.rmtree(run, ignore_errors=True)
-                overrides = base_overrides(CLIP_STEPS, 0) + text_settings + shape + [
+                overrides = base_overrides(CLIP_STEPS, SEED) + text_settings + shape + [
                     f"data.train=shapes:n={n},seed=0,holdout={SHAPES_HOLDOUT}", f"train.checkpoint_every={CLIP_STEPS}"]
                 if init == "mlm":
                     overrides += [f"model.init_from=[{mlm_dir}]", "model.init_modules=[text]"]
@@ -309,23 +311,29 @@ def write_markdown(results: dict) -> str:
                   "BERT-6 is matched by a soft committee of independently pre-trained BERT-1s (averaged outputs), "
                   "with lower latency.", "",
                   "What small scale shows: " + committee_summary(committee["arms"]), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [provenance.markdown(results["stamp"])]) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["mixture", "mlm", "committee"])
     args = parser.parse_args()
+    began = provenance.start()
     work = Path(__file__).parent / ".work" / NAME
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{NAME}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    before = results.get("stamp")
     torch.set_num_threads(1)
     sections = {"mixture": mixture_section, "mlm": mlm_section, "committee": committee_section}
     for name, section in sections.items():
         if args.only in (None, name):
             results[name] = section(work)
+            stamps = results.setdefault("section_stamps", {})
+            stamps[name] = provenance.stamp(began, [SEED])
+            results["stamp"] = provenance.of_sections(stamps[name], [s for s in sections if s in results], stamps,
+                                                      before)
             path.write_text(json.dumps(results, indent=1))
             (RESULTS / f"{NAME}.md").write_text(write_markdown(results))
 

@@ -24,8 +24,9 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from catalogue_objectives import BASE, TRAIN, Arm, metrics_table, train_arm
+from catalogue_objectives import BASE, SEED, TRAIN, Arm, metrics_table, train_arm
 
+from vlalign import provenance
 from vlalign.api import Aligner, load
 from vlalign.data.shapes import COLOURS, SHAPES
 from vlalign.data.specs import build_source
@@ -167,7 +168,7 @@ def small_scale(arm: Arm, row: dict, rows: dict[str, dict]) -> str:
     return f"vs {arm.baseline}: " + ", ".join(parts)
 
 
-def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
+def write(rows: list[dict], arms: dict[str, Arm], args, wall: float, stamp: dict) -> None:
     by_name = {r["arm"]: r for r in rows}
     lines = [
         "# Catalogue objectives, items 8-12 (issue 11): GPT4Image, MeDSLIP, VELVET-Med, PS3, LanguageBind",
@@ -208,11 +209,12 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
             shown += (f"; streams cross-read: shape stream on colour {r['stream_shape_reads_colour']:.3f}, colour "
                       f"stream on shape {r['stream_colour_reads_shape']:.3f}")
         lines.append(f"| {arm.name} | {arm.claim} | {shown} |")
-    lines += ["", READING]
+    lines += ["", READING, "", provenance.markdown(stamp)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_more_objectives.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_more_objectives.json").write_text(json.dumps(
-        {"steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "last_wall_seconds": round(wall),
+        {"stamp": stamp, "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE,
+         "last_wall_seconds": round(wall),
          "arms": {r["arm"]: list(arms[r["arm"]].overrides) for r in rows}, "rows": rows}, indent=1))
 
 
@@ -227,6 +229,7 @@ def main() -> None:
                         help="keep the results file's rows of the arms not run now (runs are deterministic: the same "
                              "settings give the same row)")
     args = parser.parse_args()
+    began = provenance.start()
     arms = {a.name: a for a in ARMS if a.name in args.arms}
     if {"bind-edges", "clip-edges"} & set(arms) and "clip" not in arms and not (Path(args.work) / "clip").is_dir():
         parser.error("the edge arms bind to / compare with the clip arm's run: include clip in --arms")
@@ -242,17 +245,21 @@ def main() -> None:
                 done[row["arm"]] = row
                 print(json.dumps(row), flush=True)
     rows = [done[name] for name in arms]
+    stamp = provenance.stamp(began, [SEED], threads=1)
     if args.keep_rows:
-        rows = kept_rows(rows, args)
-    write(rows, {a.name: a for a in ARMS}, args, time.perf_counter() - start)
+        path = RESULTS / "catalogue_more_objectives.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+        rows = kept_rows(earlier, rows, args)
+        if len(rows) > len(done):
+            stamp = provenance.with_earlier(stamp, [earlier["stamp"]])
+    write(rows, {a.name: a for a in ARMS}, args, time.perf_counter() - start, stamp)
 
 
-def kept_rows(rows: list[dict], args) -> list[dict]:
-    """``rows`` with the earlier results file's rows of every other arm, in ARMS order (same steps and eval size)."""
-    path = RESULTS / "catalogue_more_objectives.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+def kept_rows(earlier: dict, rows: list[dict], args) -> list[dict]:
+    """``rows`` with the rows of every other arm from ``earlier`` (the results file before this run), in ARMS
+    order (same steps and eval size)."""
     if earlier["rows"] and (earlier["steps"], earlier["eval_n"]) != (args.steps, args.eval_n):
-        raise SystemExit(f"--keep-rows: {path} has steps={earlier['steps']}, eval_n={earlier['eval_n']}; "
+        raise SystemExit(f"--keep-rows: the results file has steps={earlier['steps']}, eval_n={earlier['eval_n']}; "
                          "rerun every arm instead")
     by_name = {r["arm"]: r for r in earlier["rows"]} | {r["arm"]: r for r in rows}
     return [by_name[a.name] for a in ARMS if a.name in by_name]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from vlalign import provenance
 from vlalign.api import Aligner, load
 from vlalign.config import RunConfig, apply_overrides
 from vlalign.eval import run_tasks
@@ -40,6 +41,7 @@ BASE = ["data.image_size=48", "model.vision.size=vit-micro", "model.vision.patch
         "model.text.vocab_size=512", "model.embed_dim=64", "data.batch_size=64", "data.context_length=40",
         f"data.train={TRAIN}", "data.eval=shapes:n=1000,seed=1", "optim.warmup_steps=30", "train.threads=1",
         "train.log_every=25"]
+SEED = get_recipe("shapes-clip").train.seed  # every arm's: the recipe's own
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def small_scale(arm: Arm, row: dict, rows: dict[str, dict]) -> str:
     return text
 
 
-def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
+def write(rows: list[dict], arms: dict[str, Arm], args, wall: float, stamp: dict) -> None:
     by_name = {r["arm"]: r for r in rows}
     lines = [
         "# Catalogue objectives (issue 11) vs CLIP on the shapes world",
@@ -197,10 +199,12 @@ def write(rows: list[dict], arms: dict[str, Arm], args, wall: float) -> None:
     for r in rows:
         arm = arms[r["arm"]]
         lines.append(f"| {arm.name} | {arm.claim} | {small_scale(arm, r, by_name)} |")
+    lines += ["", provenance.markdown(stamp)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_objectives.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "catalogue_objectives.json").write_text(json.dumps(
-        {"steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE, "wall_seconds": round(wall),
+        {"stamp": stamp, "steps": args.steps, "eval_n": args.eval_n, "base_overrides": BASE,
+         "wall_seconds": round(wall),
          "arms": {a.name: list(a.overrides) for a in arms.values()}, "rows": rows}, indent=1))
 
 
@@ -211,6 +215,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=[a.name for a in ARMS], choices=[a.name for a in ARMS])
     parser.add_argument("--work", default="benchmarks/.work/catalogue")
     args = parser.parse_args()
+    began = provenance.start()
     arms = {a.name: a for a in ARMS if a.name in args.arms}
     if "lit-filip" in arms and "clip" not in arms:
         parser.error("lit-filip starts from the clip arm's image tower: include clip in --arms")
@@ -219,20 +224,21 @@ def main() -> None:
     for arm in arms.values():
         rows.append(run_arm(arm, args.steps, work, args.eval_n))
         print(json.dumps(rows[-1]), flush=True)
-    rows = kept_rows(rows, args) + rows
+    path = RESULTS / "catalogue_objectives.json"
+    earlier = json.loads(path.read_text()) if path.exists() else None
+    kept = kept_rows(earlier, rows, args)
+    stamp = provenance.with_earlier(provenance.stamp(began, [SEED]), [earlier["stamp"]] if kept else [])
+    rows = kept + rows
     order = [a.name for a in ARMS]
     rows.sort(key=lambda r: order.index(r["arm"]))
-    write(rows, {a.name: a for a in ARMS if a.name in {r["arm"] for r in rows}}, args, time.perf_counter() - start)
+    write(rows, {a.name: a for a in ARMS if a.name in {r["arm"] for r in rows}}, args, time.perf_counter() - start,
+          stamp)
 
 
-def kept_rows(new_rows: list[dict], args) -> list[dict]:
-    """Rows of earlier runs at the same budget whose arms were not rerun now, so that running one arm
-    (``--arms negatives``) adds its row to the table instead of replacing the table."""
-    path = RESULTS / "catalogue_objectives.json"
-    if not path.exists():
-        return []
-    earlier = json.loads(path.read_text())
-    if (earlier["steps"], earlier["eval_n"]) != (args.steps, args.eval_n):
+def kept_rows(earlier: dict | None, new_rows: list[dict], args) -> list[dict]:
+    """Rows of an earlier run (``earlier``, its results file) at the same budget whose arms were not rerun now,
+    so that running one arm (``--arms negatives``) adds its row to the table instead of replacing the table."""
+    if not earlier or (earlier["steps"], earlier["eval_n"]) != (args.steps, args.eval_n):
         return []
     rerun = {r["arm"] for r in new_rows}
     return [r for r in earlier["rows"] if r["arm"] not in rerun and r["arm"] in {a.name for a in ARMS}]

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # catalogue_objectives (the shared CLIP settings)
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import RunConfig, apply_overrides
 from vlalign.data.specs import build_source
@@ -576,13 +577,6 @@ def vlgpt_md(data: dict) -> list[str]:
     for arm, row in data["arms"].items():
         lines.append(f"| {arm} | " + " | ".join(mean_std(row[k]) if "seconds" not in k else f"{statistics.mean(row[k]):.0f}"
                                                 for k in keys) + " |")
-    if len(data["arms"]) == 1:
-        lines += ["", "The text-only control (regression weight 0) did not finish on the loaded machine; its regression "
-                  "head stays at its random initialisation, so its generated embeddings are expected near chance."]
-    lines += ["", "Reading: after a caption, the regressed embedding ranks the described image first 18x more often "
-              "than chance and in the top 5 for 16% of captions, and captions are likelier after their own image than "
-              "after another: one decoder both describes and (in embedding space) generates, as VL-GPT claims, at a small "
-              "scale and one seed."]
     return lines
 
 
@@ -604,12 +598,21 @@ def write_markdown(results: dict) -> None:
             lines += ["", f"_({meta['minutes']:.1f} min, load average {meta['load']:.1f})_", ""]
     missing = [name for name in SECTIONS if name not in results or results[name]["meta"]["quick"]]
     if missing:
-        lines += ["## Not measured yet", "", "These sections have code and tests but no full run in this file (the "
-                  "shared machine's load left no time for them); run `nice -n 15 python benchmarks/catalogue_rest.py "
-                  f"--sections {' '.join(missing)}` to add them.", ""]
+        lines += ["## Not measured yet", "", "These sections have code and tests but no complete run in this file; "
+                  f"run `nice -n 15 python benchmarks/catalogue_rest.py --sections {' '.join(missing)}` to add them.",
+                  ""]
     if results.get("notes"):
-        lines += ["## Notes", "", *results["notes"]]
+        lines += ["## Notes", "", *results["notes"], ""]
+    lines.append(provenance.markdown(results["stamp"]))
     RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def section_stamp(results: dict, current: dict) -> dict:
+    """The file's stamp: ``current`` with the stamps of the sections run earlier (the file's former stamp for a
+    section written before sections carried their own)."""
+    names = [name for name in SECTIONS if name in results]
+    stamps = {name: results[name]["meta"]["stamp"] for name in names if "stamp" in results[name]["meta"]}
+    return provenance.of_sections(current, names, stamps, results.get("stamp"))
 
 
 def main() -> None:
@@ -627,12 +630,16 @@ def main() -> None:
     if args.render:
         write_markdown(json.loads(path.read_text()))
         return
+    began = provenance.start()
+    seeds = sorted({*args.seeds, get_recipe("cgvlm-vision").train.seed, get_recipe("lm-pretrain").train.seed})
     for name in args.sections:
         start = time.perf_counter()
         data = SECTIONS[name][0](args.work, args.seeds)
         results = json.loads(path.read_text()) if path.exists() else {}  # read late: other sections may have run
+        stamp = provenance.stamp(began, seeds)  # the sections' seeds and those of the shared runs
         results[name] = {"data": data, "meta": {"minutes": (time.perf_counter() - start) / 60,
-                                                "load": os.getloadavg()[0], "quick": QUICK}}
+                                                "load": os.getloadavg()[0], "quick": QUICK, "stamp": stamp}}
+        results["stamp"] = section_stamp(results, stamp)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1))
         write_markdown(results)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import apply_overrides
 from vlalign.data.specs import build_source
@@ -148,12 +149,12 @@ def routing_table(routing: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], routing: list[dict], args, seconds: float, reading: list[str]) -> str:
+def write(rows: list[dict], routing: list[dict], args, seconds: float, reading: list[str], stamp: dict) -> str:
     """The JSON and the table; ``reading``: the hand-written reading of the rows (markdown lines), kept as given."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "catalogue_video.json").write_text(json.dumps(
-        {"seed": args.seed, "train": TRAIN, "eval": EVAL, "total_seconds": seconds,
-         "loadavg_end": os.getloadavg(), "routing": routing, "rows": rows, "reading": reading}, indent=1))
+        {"stamp": stamp, "seed": args.seed, "train": TRAIN, "eval": EVAL, "total_seconds": seconds,
+         "routing": routing, "rows": rows, "reading": reading}, indent=1))
     n = {k: rows[0].get(f"{k}_n") for k in ("direction", "appearance", "order")} if rows else {}
     md = (f"# Video-text alignment on moving shapes (issue 13 item 8)\n\n"
           f"Batch 64, seed {args.seed}; train `{TRAIN}`, eval `{EVAL}` (held-out clips). "
@@ -162,9 +163,10 @@ def write(rows: list[dict], routing: list[dict], args, seconds: float, reading: 
           "Slow-Fast routing on the 500 held-out clips (the rule alone, threshold 95% unchanged patches, "
           f"fast frames at 16 px: 4 patches instead of 16):\n\n{routing_table(routing)}\n\n"
           f"Total wall-clock {seconds / 60:.1f} min, niced, on a shared 2-core machine (load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): times are indicative only; tokens and "
+          f"{stamp['load_end']:.1f} at the end): times are indicative only; tokens and "
           "FLOPs are exact. Per-arm details (loss curves, MVM accuracy, slow-frame share, encode time) are in the "
-          "JSON file.\n" + ("\n" + "\n".join(reading) + "\n" if reading else ""))
+          "JSON file.\n" + ("\n" + "\n".join(reading) + "\n" if reading else "")
+          + f"\n{provenance.markdown(stamp)}\n")
     (RESULTS / "catalogue_video.md").write_text(md)
     return md
 
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="keep the rows of the existing results file")
     parser.add_argument("--work", default="benchmarks/.work/catalogue_video")
     args = parser.parse_args()
+    began = provenance.start()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a finished run would be resumed (0 steps) and mis-timed
     previous = json.loads((RESULTS / "catalogue_video.json").read_text()) if args.append else {}
@@ -186,13 +189,19 @@ def main() -> None:
     start = time.perf_counter() - done
     routing = previous.get("routing") or [routing_cost(frames) for frames in (4, 8)]
     reading = previous.get("reading", [])  # written for the earlier rows: check it still holds after new arms
-    md = write(rows, routing, args, time.perf_counter() - start, reading)
+    kept = [previous["stamp"]] if rows else []
+
+    def stamp() -> dict:
+        return provenance.with_earlier(provenance.stamp(began, [args.seed]), kept)
+
+    md = write(rows, routing, args, time.perf_counter() - start, reading, stamp())
     for arm in args.arms:
         row = {"arm": arm, "steps": args.steps, "loadavg_start": os.getloadavg()}
         row |= train(arm, work, ARMS[arm], args.steps, args.seed)
         row |= evaluate(row["run"])
         rows.append(row)
-        md = write(rows, routing, args, time.perf_counter() - start, reading)  # after every arm: partial rows survive
+        # after every arm: partial rows survive
+        md = write(rows, routing, args, time.perf_counter() - start, reading, stamp())
         print(f"{arm}: done", flush=True)
     print(md)
     shutil.rmtree(work, ignore_errors=True)

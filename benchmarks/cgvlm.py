@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import RunConfig, apply_overrides
 from vlalign.data.specs import build_source
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cgvlm", help="writes OUT.md and OUT.json")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the script runs")
     args = parser.parse_args()
+    began = provenance.start()
     torch.set_num_threads(1)
     work, level = Path(args.work), 1 if args.quick else 0
     steps = {stage: budget[level] for stage, budget in BUDGET.items()}
@@ -152,11 +154,12 @@ def main() -> None:
     eval_questions = get_recipe("cgvlm-stage2").eval.vqa_n
     blind = blind_baseline(eval_questions)
     total = time.perf_counter() - started
-    write_outputs(Path(args.out), args, steps, results, blind, lm_text_qa, seconds, total)
+    write_outputs(Path(args.out), args, steps, results, blind, lm_text_qa, seconds, total,
+                  provenance.stamp(began, args.seeds))
 
 
 def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_text_qa: dict, seconds: dict,
-                  total: float) -> None:
+                  total: float, stamp: dict) -> None:
     seeds = args.seeds
     stage2 = results["stage2"]
 
@@ -223,12 +226,13 @@ def write_outputs(out: Path, args, steps: dict, results: dict, blind: dict, lm_t
     for variant in ("gen", "cg"):
         cells = [mean_std([results["stage1"][variant][s][k] for s in seeds]) for k in diag_keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    lines += ["", "## Wall time per run (s)", "", ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
+    lines += ["", "## Wall time per run (s)", "", ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+              "", provenance.markdown(stamp)]
     table = "\n".join(lines) + "\n"
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)
-    payload = {"seeds": seeds, "steps": steps, "fractions": FRACTIONS, "eval": EVAL_SPEC,
+    payload = {"stamp": stamp, "seeds": seeds, "steps": steps, "fractions": FRACTIONS, "eval": EVAL_SPEC,
                "stage2_data": STAGE2_DATA, "stage1": results["stage1"],
                "stage2": {v: {str(f): d for f, d in fr.items()} for v, fr in stage2.items()},
                "blind": blind, "lm_text_qa": lm_text_qa, "seconds": seconds, "total_seconds": total,

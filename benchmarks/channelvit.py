@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import apply_overrides
 from vlalign.eval import evaluate
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench-channelvit", help="run directories (resumed if present)")
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
+    began = provenance.start()
     steps = {"shapes": args.shapes_steps, "sentinel2": args.sentinel2_steps}
     rows = []
     for dataset in args.datasets.split(","):
@@ -127,10 +129,11 @@ def main() -> None:
                                     Path(args.runs), args.seed))
     settings = {"steps": steps, "seed": args.seed, "torch": torch.__version__, "machine": platform.machine(),
                 "threads": 1, "towers": "vit-micro (width 64, depth 2, 2 heads), supervised linear head"}
+    stamp = provenance.stamp(began, [args.seed])
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "channelvit.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    (results / "channelvit.md").write_text(markdown(rows, settings))
+    (results / "channelvit.json").write_text(json.dumps({"stamp": stamp, "settings": settings, "rows": rows}, indent=1))
+    (results / "channelvit.md").write_text(markdown(rows, settings) + "\n" + provenance.markdown(stamp) + "\n")
     print(f"wrote {results / 'channelvit.md'} and {results / 'channelvit.json'}")
 
 

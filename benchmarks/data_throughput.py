@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import tarfile
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlalign import provenance
 from vlalign.config import apply_overrides
 from vlalign.data.cache import DecodedCache
 from vlalign.data.loader import Loader
@@ -46,6 +46,7 @@ from vlalign.train.setup import build_components, seed_everything, source_captio
 from vlalign.train.step import TrainState, batch_size, train_step
 
 HERE = Path(__file__).parent
+SHARD_SEED = 0  # the synthetic photos written to shards
 WORDS = ["a", "small", "large", "red", "green", "blue", "dog", "cat", "boat", "tree", "house", "on", "near", "under"]
 
 
@@ -60,7 +61,7 @@ def photo_like(rng: np.random.Generator, size: int) -> np.ndarray:
 def write_shards(folder: Path, samples: int, size: int, per_shard: int = 128) -> str:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(SHARD_SEED)
     for shard in range((samples + per_shard - 1) // per_shard):
         with tarfile.open(folder / f"{shard:03d}.tar", "w") as tar:
             for i in range(shard * per_shard, min((shard + 1) * per_shard, samples)):
@@ -162,7 +163,7 @@ def recipe_rates(recipe: str, overrides: list[str], data_batches: int, steps: in
         train_step(model, parts.objective, optimizer, batch, state, cfg, strategy)
     total = time.perf_counter() - start
     batches.close()
-    return {"recipe": recipe, "overrides": overrides, "batch_size": cfg.data.batch_size,
+    return {"recipe": recipe, "overrides": overrides, "seed": cfg.train.seed, "batch_size": cfg.data.batch_size,
             "num_workers": cfg.data.num_workers, "order": cfg.data.order, "threads": torch.get_num_threads(),
             "data_batches": data_batches, "steps": steps,
             "data_only_pairs_per_s": round(data_rate, 1), "train_step_pairs_per_s": round(step_rate, 1),
@@ -171,11 +172,10 @@ def recipe_rates(recipe: str, overrides: list[str], data_batches: int, steps: in
             "end_to_end_data_wait_fraction": round(wait / total, 4)}
 
 
-def markdown(args, cache_build_s: float, rows: list[dict], orders: list[dict], recipe: dict) -> str:
-    load = os.getloadavg()[0]
+def markdown(args, cache_build_s: float, rows: list[dict], orders: list[dict], recipe: dict, stamp: dict) -> str:
     lines = ["# Data-loader throughput", "",
-             f"{os.cpu_count()} CPU cores, load average {load:.1f} at the end (other jobs shared the machine: "
-             "compare ratios, not absolute numbers).", "",
+             f"{os.cpu_count()} CPU cores, load average {stamp['load_end']:.1f} at the end (other jobs shared the "
+             "machine: compare ratios, not absolute numbers).", "",
              f"## The default recipe: data only vs training step (`{recipe['recipe']}`)", "",
              f"Batch {recipe['batch_size']}, {recipe['num_workers']} loader workers, order {recipe['order']}, "
              f"{recipe['threads']} torch threads; loader alone over {recipe['data_batches']} batches, "
@@ -195,7 +195,7 @@ def markdown(args, cache_build_s: float, rows: list[dict], orders: list[dict], r
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['data']} | {r['samples']} | {r['batch_size']} | {r['workers']} | {r['exact_per_s']} | "
               f"{r['resampled_per_s']} | {r['ratio']} |" for r in orders]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", provenance.markdown(stamp)]) + "\n"
 
 
 def main() -> None:
@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--data-batches", type=int, default=20, help="recipe batches timed for data only")
     parser.add_argument("--steps", type=int, default=5, help="recipe training steps timed")
     args = parser.parse_args()
+    began = provenance.start()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # one core per process: workers are the unit of parallelism here
 
@@ -259,14 +260,14 @@ def main() -> None:
           f"{recipe['train_step_pairs_per_s']} pairs/s, ratio {recipe['data_to_step_ratio']}x; interleaved "
           f"{recipe['end_to_end_pairs_per_s']} pairs/s with {recipe['end_to_end_data_wait_fraction']:.1%} waiting for data")
 
+    # the shards' pixels, the loader's order in each timed repeat, the recipe's run
+    stamp = provenance.stamp(began, sorted({SHARD_SEED, *range(args.repeats), recipe["seed"]}))
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    (results / "data_throughput.md").write_text(markdown(args, cache_build_s, rows, orders, recipe))
+    (results / "data_throughput.md").write_text(markdown(args, cache_build_s, rows, orders, recipe, stamp))
     (results / "data_throughput.json").write_text(json.dumps({
-        "settings": vars(args), "cache_build_s": round(cache_build_s, 2), "rows": rows, "order_rows": orders,
-        "recipe_data_vs_training": recipe,
-        "machine": {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-                    "python": platform.python_version(), "torch": torch.__version__}}, indent=1) + "\n")
+        "stamp": stamp, "settings": vars(args), "cache_build_s": round(cache_build_s, 2), "rows": rows,
+        "order_rows": orders, "recipe_data_vs_training": recipe}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import apply_overrides, to_dict
 from vlalign.data.specs import build_source
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(HERE / ".work" / RECIPE), help="run directory (replaced)")
     parser.add_argument("--results", default=str(HERE / "results"))
     args = parser.parse_args()
-
+    began = provenance.start()
     cfg = apply_overrides(get_recipe(RECIPE), args.overrides)
     run_dir = Path(args.work)
     if (run_dir / "checkpoints").exists():
@@ -85,23 +86,23 @@ def main() -> None:
     print(json.dumps(summary))
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+    stamp = provenance.stamp(began, [cfg.train.seed])
     (out / "fashion_mnist.json").write_text(json.dumps({
-        "recipe": RECIPE, "overrides": args.overrides, "summary": summary,
+        "stamp": stamp, "recipe": RECIPE, "overrides": args.overrides, "summary": summary,
         "final_train_metrics": {k: last[k] for k in ("loss", "pairs_per_s", "data_wait_fraction") if k in last},
-        "zeroshot": zeroshot, "linear_probe": probes, "pixel_probe": pixels, "machine": machine,
+        "zeroshot": zeroshot, "linear_probe": probes, "pixel_probe": pixels,
         "config": to_dict(cfg)}, indent=1) + "\n")
     (out / "fashion_mnist.md").write_text(
         f"# Fashion-MNIST: zero-shot vs linear probe (`{RECIPE}`)\n\n"
         f"Trained {state.step} steps of batch {cfg.data.batch_size} ({state.samples_seen} pairs, "
         f"{state.samples_seen / 60000:.2f} epochs of the 60k training split) in {train_seconds / 60:.1f} min on "
-        f"{os.cpu_count()} CPU cores (load average {machine['load_average_1min']}); final training loss "
+        f"{os.cpu_count()} CPU cores (load average {stamp['load_end']}); final training loss "
         f"{last['loss']:.3f}. Scored on `{TEST}`; the probes fit on 60% of those images, pick the weight decay on "
         f"20% and score the remaining {probes[0]['n']} (the pixel probe uses the same split). Chance is 0.100.\n\n"
         + table(zeroshot, probes, pixels) + "\n\n"
         "Reproduce: `nice -n 10 python benchmarks/fashion_mnist.py` (or `vlalign train --recipe fashion-mnist-clip`, "
         "then `vlalign eval --checkpoint runs/fashion-mnist-clip --task zeroshot --task linear-probe "
-        "--data fashion-mnist:test`).\n")
+        "--data fashion-mnist:test`).\n\n" + provenance.markdown(stamp) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recipe_runs import run, table
 
+from vlalign import provenance
 from vlalign.recipes import RECIPES
 
 RESULTS = Path(__file__).parent / "results"
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--work", default="benchmarks/.work/fdt")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra overrides for both arms")
     args = parser.parse_args()
+    began = provenance.start()
     work = Path(args.work)
     rows = []
     for recipe in args.recipes:
@@ -48,10 +50,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "fdt_vs_clip.json"
     rerun = {label for recipe in args.recipes for label in (recipe, recipe.replace("-clip", "-fdt"))}
-    if path.exists():  # keep the rows of datasets not rerun now
-        rows = [r for r in json.loads(path.read_text()) if r["recipe"] not in rerun] + rows
-    path.write_text(json.dumps(rows, indent=1))
-    (RESULTS / "fdt_vs_clip.md").write_text("# CLIP vs CLIP+FDT\n\n" + table(rows) + "\n")
+    previous = json.loads(path.read_text()) if path.exists() else None
+    kept = [r for r in previous["rows"] if r["recipe"] not in rerun] if previous else []  # datasets not rerun now
+    stamp = provenance.with_earlier(provenance.stamp(began, args.seeds), [previous["stamp"]] if kept else [])
+    rows = kept + rows
+    path.write_text(json.dumps({"stamp": stamp, "rows": rows}, indent=1))
+    (RESULTS / "fdt_vs_clip.md").write_text("# CLIP vs CLIP+FDT\n\n" + table(rows) + "\n\n"
+                                            + provenance.markdown(stamp) + "\n")
 
 
 if __name__ == "__main__":

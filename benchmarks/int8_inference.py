@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from vs_open_clip import alternate, summarize
 
 import vlalign
+from vlalign import provenance
 from vlalign.data.specs import build_source
 from vlalign.eval.tasks import load_arrays, run_tasks
 
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    began = provenance.start()
     torch.set_num_threads(args.threads)
     fp32, int8 = vlalign.load(args.run), vlalign.load(args.run, int8=True)
     images, captions, _, _ = load_arrays(build_source("shapes:n=1000,seed=2"))
@@ -55,9 +56,8 @@ def main() -> None:
                                         "int8": lambda m=int8, k=kind: run(m, k, images, captions)}, args.rounds, 1),
                              "fp32")
              for kind in ("image", "text")}
-    result = {"run": str(args.run), "step": fp32.step, "threads": args.threads, "torch": torch.__version__,
-              "load_average_end": os.getloadavg()[0],
-              "scores": {"fp32": scores(fp32), "int8": scores(int8)},
+    result = {"stamp": provenance.stamp(began, seeds=[]), "run": str(args.run), "step": fp32.step,
+              "threads": args.threads, "scores": {"fp32": scores(fp32), "int8": scores(int8)},
               "cosine": {k: {"min": v.min().item(), "mean": v.mean().item()} for k, v in cosine.items()},
               "items_per_s": speed}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def run(model, kind: str, images, captions) -> int:
 
 def markdown(r: dict) -> str:
     lines = ["# int8 against fp32 inference", "",
-             (f"Run `{r['run']}` (step {r['step']}), {r['threads']} threads, torch {r['torch']}; written by "
+             (f"Run `{r['run']}` (step {r['step']}), {r['threads']} threads, torch {r['stamp']['torch']}; written by "
               "`benchmarks/int8_inference.py`, every number in `int8_inference.json`. 1,000 shapes scenes "
               "(`shapes:n=1000,seed=2`) for the embeddings and the speed. The default recipe's towers are small "
               "(10 image tokens, width 128), where int8 gains least; for config \"A\"'s towers see the int8 rows "
@@ -92,7 +92,7 @@ def markdown(r: dict) -> str:
     for key, value in r["scores"]["fp32"].items():
         other = r["scores"]["int8"][key]
         lines.append(f"| {key} | {value:.3f} | {other:.3f} | {other - value:+.3f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", provenance.markdown(r["stamp"])]) + "\n"
 
 
 if __name__ == "__main__":

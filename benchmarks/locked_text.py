@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recipe_runs import run, table
 
+from vlalign import provenance
 from vlalign.recipes import RECIPES
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=[r for r in ("shapes-clip", "fashion-mnist-clip") if r in RECIPES])
     parser.add_argument("--work", default="benchmarks/.work/locked_text")
     args = parser.parse_args()
+    began = provenance.start()
     work = Path(args.work)
     rows = []
     for seed in args.seeds:
@@ -37,10 +39,11 @@ def main() -> None:
             rows.append(run(recipe, args.steps, seed, work, [], f"{recipe} (text from scratch)"))
             rows.append(run(recipe, args.steps, seed, work, LOCKED, f"{recipe} (locked MiniLM text)"))
             print(table(rows), flush=True)
+    stamp = provenance.stamp(began, args.seeds)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "locked_text.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "locked_text.json").write_text(json.dumps({"stamp": stamp, "rows": rows}, indent=1))
     (RESULTS / "locked_text.md").write_text("# Locked pretrained text tower (LiT) vs text from scratch\n\n"
-                                             + table(rows) + "\n")
+                                             + table(rows) + "\n\n" + provenance.markdown(stamp) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.eval import run_tasks
 
@@ -24,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="benchmarks/.work/cgvlm", help="a benchmarks/cgvlm.py work directory")
     args = parser.parse_args()
+    began = provenance.start()
     rows = []
     for run in sorted(Path(args.work).glob("stage*")):
         result = run_tasks(load(run), ["mir-vlm"], EVAL_SPEC).results[0]
@@ -32,9 +34,11 @@ def main() -> None:
     lines = ["# MIR of the CG-VLM runs", "", f"Work directory `{args.work}`; held-out scenes `{EVAL_SPEC}`.", "",
              "| run | MIR (log10 of summed per-layer Fréchet distances) | per layer |", "|---|---|---|"]
     lines += [f"| {r['run']} | {r['mir']:.3f} | {', '.join(f'{d:.2f}' for d in r['per_layer'])} |" for r in rows]
+    stamp = provenance.stamp(began, seeds=[])  # evaluates trained runs: their seeds are in the run names
+    lines += ["", provenance.markdown(stamp)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mir_cgvlm.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "mir_cgvlm.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "mir_cgvlm.json").write_text(json.dumps({"stamp": stamp, "work": args.work, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

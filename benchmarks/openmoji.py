@@ -16,8 +16,7 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
+from vlalign import provenance
 from vlalign.api import load
 from vlalign.config import apply_overrides, to_dict
 from vlalign.eval import run_tasks
@@ -47,7 +46,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(HERE / ".work" / RECIPE), help="run directory (must not exist)")
     parser.add_argument("--results", default=str(HERE / "results"))
     args = parser.parse_args()
-
+    began = provenance.start()
     cfg = apply_overrides(get_recipe(RECIPE), args.overrides)
     run_dir = Path(args.work)
     if (run_dir / "checkpoints").exists():
@@ -67,20 +66,21 @@ def main() -> None:
     print(json.dumps(summary))
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+    stamp = provenance.stamp(began, [cfg.train.seed])
     (out / "openmoji.json").write_text(json.dumps({
-        "recipe": RECIPE, "overrides": args.overrides, "summary": summary,
+        "stamp": stamp, "recipe": RECIPE, "overrides": args.overrides, "summary": summary,
         "final_train_metrics": {k: last[k] for k in ("loss", "pairs_per_s", "data_wait_fraction") if k in last},
-        "test": test, "train": train, "machine": machine, "config": to_dict(cfg)}, indent=1) + "\n")
+        "test": test, "train": train, "config": to_dict(cfg)}, indent=1) + "\n")
     (out / "openmoji.md").write_text(
         f"# OpenMoji image–text retrieval (`{RECIPE}`)\n\n"
         f"Trained {state.step} steps of batch {cfg.data.batch_size} ({state.samples_seen / train['n']:.0f} passes over "
         f"the {train['n']} training pairs) in {train_seconds / 60:.1f} min on {os.cpu_count()} CPU cores (load average "
-        f"{machine['load_average_1min']}); final training loss {last['loss']:.3f}. Each emoji's caption is its "
+        f"{stamp['load_end']}); final training loss {last['loss']:.3f}. Each emoji's caption is its "
         "Unicode name; the held-out names never occur in training.\n\n"
         + table(test, train) + "\n\n"
         "Reproduce: `nice -n 10 python benchmarks/openmoji.py` (or `vlalign train --recipe openmoji-clip`, then "
-        "`vlalign eval --checkpoint runs/openmoji-clip --task retrieval --data openmoji:test`).\n")
+        "`vlalign eval --checkpoint runs/openmoji-clip --task retrieval --data openmoji:test`).\n\n"
+        + provenance.markdown(stamp) + "\n")
 
 
 if __name__ == "__main__":

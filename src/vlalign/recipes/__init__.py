@@ -42,12 +42,12 @@ def shapes_clip() -> RunConfig:
     # Scenes render at 64 px and are upsampled to 96 px (slightly blurred). Rendering at 96 px, as the
     # zero-shot scenes are, was measured over 4 seeds: shape+colour 0.70 on average (0.56-0.90) against
     # 0.63 (0.46-0.70), but text->image R@1 0.41 (0.26-0.62) against 0.53 (0.35-0.61), so the default
-    # keeps the upsampled scenes (benchmarks/results/shapes_default_ablations.md).
+    # keeps the upsampled scenes (measured by hand; no script or results file, so the figures are unpublished).
     cfg.data.train = f"shapes:n=30000,seed=0,holdout={SHAPES_HOLDOUT}"
     cfg.data.eval = "shapes:n=1000,seed=1"
     # One patch per cell of the world's 3x3 grid: each object is one token whose pixels sit at the same
     # place in it up to the jitter, so a linear patch projection can read its outline. Measured at 600
-    # steps (benchmarks/results/shapes_default_ablations.md): shape+colour zero-shot 0.693 against 0.555
+    # steps (one seed, by hand, no results file: inconclusive): shape+colour zero-shot 0.693 against 0.555
     # with 64 px / 8 px patches (objects split over 1-4 patches at any offset), compositional 0.691 against
     # 0.417, and 10 image tokens instead of 65. 144 px / 48 px patches trained slower (0.483).
     cfg.data.image_size = 96

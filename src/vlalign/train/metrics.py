@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlalign.provenance import cpu_model
 
 PEAK_PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
 
@@ -121,18 +121,8 @@ def cache_dir() -> Path:
 
 def machine_key(device: str = "cpu", probe: str = "fp32") -> str:
     """The cache key of a measurement ``probe`` on this machine's ``device`` (CPU model and thread count)."""
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{_cpu_model()}|threads={torch.get_num_threads()}"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{cpu_model()}|threads={torch.get_num_threads()}"
     return f"{name}|torch={torch.__version__}|{probe}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cached_probe(key: str, measure: Callable[[], float]) -> float:
