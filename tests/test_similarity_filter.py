@@ -41,6 +41,15 @@ def test_shuffled_captions_swap_exactly_the_chosen_fraction():
         ShuffledCaptions(world, 1.5)
 
 
+def test_shuffled_spec_builds_the_same_source_and_needs_a_fraction():
+    noisy = build_source("shuffled:fraction=1,seed=4:shapes:n=30,seed=3")
+    reference = ShuffledCaptions(build_source("shapes:n=30,seed=3"), 1.0, seed=4)
+    assert noisy.captions() == reference.captions()
+    assert len(noisy.noisy) == 30  # fraction 1: no image keeps its own caption
+    with pytest.raises(DataError, match="give fraction=F"):
+        build_source("shuffled:seed=1:shapes:n=30,seed=3")
+
+
 def test_keep_mask_drops_the_lowest_readable_scores():
     scores = torch.tensor([0.5, float("nan"), -0.2, 0.9, 0.1, 0.3, float("nan"), 0.7])
     keep = keep_mask(scores, 0.5)  # 6 readable -> drop 3: -0.2, 0.1, 0.3

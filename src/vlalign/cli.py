@@ -18,6 +18,7 @@ EPILOG = """examples:
   vlalign train                                   # default recipe (shapes-clip), ~3 min on 2 CPU cores
   vlalign train --recipe tiny --out runs/smoke    # seconds: a smoke test
   vlalign train --set optim.lr=5e-4 --set train.steps=1000
+  vlalign train --recipe shapes-siglip --seeds 0-2   # 3 seeds; mean/std table in runs/shapes-siglip-seeds/
   vlalign eval --checkpoint runs/shapes-clip --task zeroshot --data fashion-mnist:test
   vlalign benchmark --checkpoint runs/shapes-clip --suite shapes
   vlalign chat --checkpoint runs/cgvlm-stage2 --image scene.png "what colour is the star?"
@@ -37,19 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (resumes automatically if --out holds a checkpoint)",
                            description="Train from a recipe or YAML config; then evaluate and write report.html. "
-                           "Rerunning the same command resumes from the newest complete checkpoint.")
+                           "Rerunning the same command resumes from the newest complete checkpoint. With --seeds, "
+                           "the config runs once per seed and the seeds' eval metrics are summarised (mean, std, "
+                           "min, max).")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="named preset (see `vlalign recipes`); default: shapes-clip")
     source.add_argument("--config", help="YAML file of config values (on top of the default recipe)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
-    train.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    train.add_argument("--out", help="run directory (default: runs/<recipe name>); with --seeds, the directory of "
+                       "the seeds' runs and summary")
     train.add_argument("--resume", action="store_true",
                        help="require an existing checkpoint in --out to resume from (resuming is automatic anyway)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train with N processes on this machine (as torchrun --nproc_per_node=N; gloo on CPU)")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--seeds", metavar="SPEC",
+                       help="train the config once per seed (sets train.seed), e.g. 0-4 or 0,2,5: each seed into "
+                       "OUT/seed-S/ (a normal run directory), then OUT/seeds.json, OUT/seeds.md and OUT/report.html "
+                       "with every eval metric's mean, std (n-1), min, max and per-seed values. Rerunning skips "
+                       "finished seeds and resumes an interrupted one. Default OUT: runs/<recipe name>-seeds")
+    train.add_argument("--seeds-parallel", type=int, default=1, metavar="N",
+                       help="with --seeds: train N seeds at once, each in its own process, train.threads (0 = all "
+                       "cores) shared between them (default 1: one after another)")
 
     ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate a run; writes eval.json and "
                         "report.html into the run directory and prints the results as JSON.")
@@ -200,6 +212,10 @@ def cmd_train(args) -> int:
     if args.config:
         cfg = load_yaml(args.config, base=cfg)
     cfg = apply_overrides(cfg, args.overrides)
+    if args.seeds is not None:
+        return train_seeds(cfg, args)
+    if args.seeds_parallel != 1:
+        raise VlalignError("--seeds-parallel needs --seeds (the seeds to train), e.g. --seeds 0-3 --seeds-parallel 2.")
     out = Path(args.out or Path("runs") / cfg.name)
     if args.resume and latest_checkpoint(out / "checkpoints") is None:
         raise VlalignError(f"--resume: {out} has no complete checkpoint to resume from. Drop --resume to start fresh.")
@@ -219,6 +235,46 @@ def cmd_train(args) -> int:
     print_summary(result.results)
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def train_seeds(cfg, args) -> int:
+    """``vlalign train --seeds SPEC``: ``vlalign.train.seeds.run_seeds`` and a summary table."""
+    from vlalign.train.seeds import parse_seeds, run_seeds
+
+    seeds = parse_seeds(args.seeds, "--seeds")
+    if args.nproc != 1:
+        raise VlalignError("--seeds trains on one process per seed; drop --nproc (use --seeds-parallel N to train "
+                           "N seeds at once).")
+    if args.resume:
+        raise VlalignError("--resume does not apply to --seeds: rerunning the command resumes every unfinished seed.")
+    out = Path(args.out or Path("runs") / f"{cfg.name}-seeds")
+    summary = run_seeds(cfg, seeds, out, evaluate=not args.no_eval, parallel=args.seeds_parallel,
+                        progress=not args.quiet, say=lambda line: print(line, file=sys.stderr))
+    print(f"trained seeds {args.seeds} -> {out}")
+    if summary is None:
+        return 0
+    print_seed_summary(summary)
+    print(f"all metrics: {out / 'seeds.md'}; report: {out / 'report.html'}")
+    return 0
+
+
+def print_seed_summary(summary, stream=None) -> None:
+    """The headline metrics (those of the single-run summary) as mean ± std over the seeds."""
+    from vlalign.eval.report import SUMMARY_KEYS
+
+    stream = stream or sys.stdout
+
+    rows = [(name, s.mean_std(), f"{s.min:.3f}", f"{s.max:.3f}", str(s.n))
+            for name, s in summary.metrics.items() if name.rsplit("/", 1)[-1] in SUMMARY_KEYS]
+    if not rows:
+        return
+    header = ("metric", "mean ± std", "min", "max", "n")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    print(line, file=stream)
+    for row in [header, None, *rows]:
+        print(line if row is None else "  ".join(c.ljust(w) for c, w in zip(row, widths)), file=stream)
+    print(line, file=stream)
 
 
 def cmd_eval(args) -> int:

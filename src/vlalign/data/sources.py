@@ -153,6 +153,19 @@ def corrupt_source(argument: str) -> Source:
     return CorruptedPairs(build_source(inner), kv.get("image", 0.0), kv.get("text", 0.0), kv.get("seed", 0))
 
 
+@register_source("shuffled", "shuffled:fraction=1[,seed=0]:SPEC  (that fraction of the captions moved to other "
+                 "images: pairs without a match, a control that cannot be learned)")
+def shuffled_source(argument: str) -> Source:
+    from vlalign.data.noise import ShuffledCaptions
+    from vlalign.data.specs import build_source
+
+    options, inner = _options_and_spec("shuffled", argument, "shuffled:fraction=1:SPEC")
+    kv = parse_kv(options, {"fraction": float, "seed": int}, f"shuffled:{argument}")
+    if "fraction" not in kv:
+        raise DataError(f"Data spec 'shuffled:{argument}': give fraction=F, the share of captions to move (1 = all).")
+    return ShuffledCaptions(build_source(inner), kv["fraction"], kv.get("seed", 0))
+
+
 @register_source("dualfilter", "dualfilter:max_z=3:SPEC  (pairs whose image and caption both pass a quality score)")
 def dualfilter_source(argument: str) -> Source:
     from vlalign.curate.dual_filter import DualFiltered

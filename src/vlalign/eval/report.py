@@ -68,14 +68,48 @@ def write_report(run_dir: str | Path, results: list[dict], figures: dict[str, by
     if records:
         facts = (f"{last.get('step', 0)} steps, final loss {last.get('loss', float('nan')):.4f}, "
                  f"{last.get('samples_seen', 0)} samples seen{_precisions(records)}")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlalign report: {html.escape(run_dir.name)}</title>
+    body = f"""<p>{html.escape(facts)}</p>
+<h2>Results</h2><table><tr><th>task</th><th>labels / data</th><th>metrics</th></tr>{table}</table>
+{''.join(sections)}
+<h2>Raw results</h2><pre>{html.escape(json.dumps(results, indent=1))}</pre>"""
+    out = run_dir / "report.html"
+    out.write_text(html_page(f"vlalign report: {run_dir.name}", body))
+    return out
+
+
+def html_page(title: str, body: str) -> str:
+    """The report pages' frame: ``title`` (plain text) as title and heading, then ``body`` (HTML)."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:4px 10px;text-align:left}}
 img{{max-width:100%;border:1px solid #e2e8f0}}</style></head><body>
-<h1>vlalign report: {html.escape(run_dir.name)}</h1><p>{html.escape(facts)}</p>
-<h2>Results</h2><table><tr><th>task</th><th>labels / data</th><th>metrics</th></tr>{table}</table>
-{''.join(sections)}
-<h2>Raw results</h2><pre>{html.escape(json.dumps(results, indent=1))}</pre></body></html>"""
-    out = run_dir / "report.html"
-    out.write_text(page)
-    return out
+<h1>{html.escape(title)}</h1>{body}</body></html>"""
+
+
+def write_sweep_report(out: str | Path, summary, title: str = "") -> Path:
+    """``out/report.html`` for runs that differ only in their seed: every metric's mean, std, min, max and
+    per-run values (a ``vlalign.eval.aggregate.Summary``), and a link to each run's own report."""
+    out = Path(out)
+
+    def num(x: float | None) -> str:
+        return "–" if x is None else f"{x:.4f}"
+
+    def link(path: Path) -> str:
+        report = path / "report.html"
+        target = report.relative_to(out) if report.is_relative_to(out) else report.resolve()
+        return f"<a href='{html.escape(target.as_posix())}'>{html.escape(path.name)}</a>"
+
+    labels = list(summary.runs)
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in ["metric", "mean", "std", "min", "max", "n", *labels])
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>" + "".join(
+            f"<td>{c}</td>" for c in [num(s.mean), num(s.std), num(s.min), num(s.max), s.n]
+            + [num(s.values.get(x)) for x in labels]) + "</tr>"
+        for name, s in summary.metrics.items())
+    runs = "".join(f"<li>{html.escape(label)}: {link(path)}</li>" for label, path in summary.runs.items())
+    body = (f"<p>{len(labels)} runs; std is the sample standard deviation (n - 1).</p>"
+            f"<h2>Results over runs</h2><table><tr>{head}</tr>{rows}</table>"
+            f"<h2>Runs</h2><ul>{runs}</ul>")
+    path = out / "report.html"
+    path.write_text(html_page(title or f"vlalign seed sweep: {out.name}", body))
+    return path
