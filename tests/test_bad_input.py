@@ -82,7 +82,7 @@ def test_the_train_options_are_frozen():
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     assert sorted(a.dest for a in train._actions) == ["config", "help", "no_eval", "nproc", "out", "overrides",
-                                                      "quiet", "recipe", "resume"]
+                                                      "quiet", "recipe", "resume", "seeds", "seeds_parallel"]
 
 
 # ---------------------------------------------------------------------------------------------
