@@ -60,3 +60,18 @@ def test_top1_by_object_size_scores_each_size_on_its_own_objects():
     assert out["top1_small"] == 0.5
     assert abs(out["top1_large"] - 2 / 3) < 1e-6
     assert _top1_by_object_size(predictions[:2], labels[:2], samples[:2]) == {"top1_small": 0.5}
+
+
+def test_count_truncated_counts_each_distinct_prompt_longer_than_the_context_once():
+    from types import SimpleNamespace
+
+    from vlalign.data.tokenizer import train_tokenizer
+    from vlalign.eval.tasks import count_truncated
+
+    tokenizer = train_tokenizer(["a cat", "a dog"], vocab_size=300)
+    model = SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(data=SimpleNamespace(context_length=6)))
+    # "a cat" is [BOS] a cat [EOS] at most 5 tokens; the byte-level tokens of an unseen long word are not.
+    short, long = "a cat", "a hippopotamus"
+    assert len(tokenizer.encode(short)) <= 6 < len(tokenizer.encode(long))
+    assert count_truncated(model, [[short, long], [long, "a dog"]]) == 1
+    assert count_truncated(model, [[short], ["a dog"]]) == 0

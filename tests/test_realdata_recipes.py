@@ -43,9 +43,11 @@ def test_fashion_mnist_recipe_trains_and_scores_zero_shot_on_the_test_split(tmp_
     metrics, results = train(tmp_path, "fashion-mnist-clip", "data.fraction=0.005", "eval.zeroshot_n=100",
                              "eval.tasks=[zeroshot]", "data.order=resampled")
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["loss"] > 0 for m in metrics)
-    (zeroshot,) = results
-    assert zeroshot["data"] == "fashion-mnist:test" and zeroshot["labels"] == "class" and zeroshot["n"] == 100
-    assert 0.0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1.0
+    assert [r["labels"] for r in results] == ["class", "class (unseen prompts)"]
+    for zeroshot in results:
+        assert zeroshot["data"] == "fashion-mnist:test" and zeroshot["n"] == 100
+        assert 0.0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1.0
+        assert 0 <= zeroshot["prompts_truncated"] <= 80  # of 10 classes x 8 prompts
 
 
 @needs_openmoji

@@ -2,6 +2,7 @@
 
 The files come from the Debian package ``dataset-fashion-mnist``; captions are filled from fixed
 prompt templates so that the same source serves contrastive training and zero-shot evaluation.
+``unseen_prompts()`` phrases the classes in wording no training caption uses, for zero-shot beyond it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,24 @@ _TEMPLATES = (
     "a cropped photo of the {c}",
 )
 
+# Zero-shot prompts in wording the training captions never use: other templates, and another name where
+# everyday English has a short one (Zalando's own labels are "T-shirt/top", "Trouser", "Pullover", "Dress",
+# "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"); dress, coat, sandal and shirt keep theirs.
+# Catalogue-style templates without an article fit the plural "pants". They are short on purpose: with the
+# fashion-mnist-clip recipe's 300-token byte-level BPE an unseen word costs about one token per letter, and
+# every prompt must fit its 16-token context, or truncation, not wording, would decide the score.
+UNSEEN_TEMPLATES = (
+    "product shot: {c}",
+    "item: {c}",
+    "picture: {c}",
+    "image of {c}",
+    "{c} for sale",
+    "{c} on white",
+    "{c} in grey",
+    "grey {c}",
+)
+UNSEEN_CLASS_NAMES = ["tee", "pants", "jumper", "dress", "coat", "sandal", "shirt", "trainer", "handbag", "boot"]
+
 _FILE_PREFIX = {"train": "train", "test": "t10k"}
 _IMAGE_SIZE = 28
 
@@ -40,6 +59,12 @@ _IMAGE_SIZE = 28
 def templates() -> tuple[str, ...]:
     """Zero-shot prompt templates; fill each with ``template.format(c=class_name)``."""
     return _TEMPLATES
+
+
+def unseen_prompts() -> list[list[str]]:
+    """Per class, in label order, zero-shot prompts whose templates and (where natural) class names differ from
+    every training caption's: ``UNSEEN_CLASS_NAMES`` in each of the unseen templates."""
+    return [[template.format(c=name) for template in UNSEEN_TEMPLATES] for name in UNSEEN_CLASS_NAMES]
 
 
 class FashionMNIST:
@@ -51,6 +76,7 @@ class FashionMNIST:
 
     channel_names = ("grey",)
     templates = staticmethod(templates)
+    unseen_prompts = staticmethod(unseen_prompts)
 
     def __init__(self, split: Literal["train", "test"] = "train", root: str | Path = DEFAULT_ROOT):
         if split not in _FILE_PREFIX:

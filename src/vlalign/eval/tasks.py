@@ -111,10 +111,16 @@ def _shapes_label_sets(samples: list) -> dict[str, tuple[list[str], list[list[st
 
 
 def _generic_label_set(source: Source) -> dict[str, tuple[list[str], list[list[str]], list[int]]]:
+    """"class": the source's classes in its caption templates; where the source also phrases them in wording no
+    training caption uses (``unseen_prompts()``, e.g. Fashion-MNIST), "class (unseen prompts)" scores those."""
     if not source.classes:
         raise DataError(f"Zero-shot classification needs a labelled source; {source.name} has no classes.")
     templates = source.templates() if hasattr(source, "templates") else ["a photo of a {c}."]
-    return {"class": (list(source.classes), [[t.format(c=c) for t in templates] for c in source.classes], None)}
+    classes = list(source.classes)
+    label_sets = {"class": (classes, [[t.format(c=c) for t in templates] for c in classes], None)}
+    if hasattr(source, "unseen_prompts"):
+        label_sets["class (unseen prompts)"] = (classes, source.unseen_prompts(), None)
+    return label_sets
 
 
 def prompt_ensemble(model: Aligner, is_shapes: bool) -> str:
@@ -145,12 +151,19 @@ def _classify(model: Aligner, task_name: str, spec: str, source: Source, limit: 
         confusion = metrics.pop("confusion")
         if is_shapes:
             metrics.update(_top1_by_object_size(logits.argmax(1), set_labels, samples))
-        result.results.append({"task": task_name, "data": spec, "labels": label_set, "ensemble": ensemble, **metrics})
+        result.results.append({"task": task_name, "data": spec, "labels": label_set, "ensemble": ensemble,
+                               "prompts_truncated": count_truncated(model, prompts), **metrics})
         if label_set in ("shape+colour", "class"):
             present = sorted(set(set_labels.tolist()))
             result.figures[f"{task_name}: confusion ({label_set})"] = plots.confusion_matrix(
                 confusion[np.ix_(present, present)], [names[i] for i in present], f"{task_name} confusion, {label_set}")
     return result
+
+
+def count_truncated(model: Aligner, prompts: list[list[str]]) -> int:
+    """How many distinct prompts have more tokens than the text context and are cut short (losing what follows)."""
+    distinct = set(p for class_prompts in prompts for p in class_prompts)
+    return sum(len(model.tokenizer.encode(p)) > model.config.data.context_length for p in distinct)
 
 
 def _top1_by_object_size(predictions: torch.Tensor, labels: torch.Tensor, samples: list) -> dict:
