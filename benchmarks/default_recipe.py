@@ -2,12 +2,14 @@
 
     python benchmarks/default_recipe.py                      # seeds 0-4, runs under runs/default-recipe
     python benchmarks/default_recipe.py --seeds 0-2 --out /tmp/default
+    python benchmarks/default_recipe.py --timing --seeds 0 --out /tmp/timing   # wall time alone, on a quiet machine
 
 Each seed is one `vlalign train --out OUT/seed-S --set train.seed=S` process, timed from start to exit
 (set-up, training, evaluation and the report), with the load average before and after it: the time
 target holds for an idle machine, so a run that started under load says so. The metrics are aggregated
 with `vlalign.eval.aggregate` (mean, sample std, min, max over seeds) and written, with a provenance
-stamp, to benchmarks/results/default_recipe.{json,md}.
+stamp, to benchmarks/results/default_recipe.{json,md}. ``--timing`` writes only the wall time of its runs, to
+default_recipe_timing.{json,md}: the time target is measured apart, when nothing else runs.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ def render(payload: dict) -> str:
         lines.append(f"| {v['what']} | {v['value']:.3f} | ≥ {v['target']:.2f} | {'yes' if v['met'] else 'no'} |")
     walls = [t["wall_s"] for t in payload["timing"]]
     quiet = min(payload["timing"], key=lambda t: t["load_before"])
-    lines.append(f"| wall time of the quietest run (load {quiet['load_before']:.1f} before it) | "
-                 f"{quiet['wall_s']:.0f} s | ≤ {TIME_TARGET_S:.0f} s | {'yes' if quiet['wall_s'] <= TIME_TARGET_S else 'no'} |")
+    lines.append(f"| wall time of the quietest run here (load {quiet['load_before']:.1f} before it; the target is "
+                 f"for an idle machine: default_recipe_timing.md) | {quiet['wall_s']:.0f} s | ≤ {TIME_TARGET_S:.0f} s | "
+                 f"{'yes' if quiet['wall_s'] <= TIME_TARGET_S else 'no'} |")
     lines += ["", "| metric | mean ± std | min | max |", "|---|---|---|---|"]
     for metric in SHOWN:
         s = payload["metrics"].get(metric)
@@ -104,11 +107,27 @@ def render(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def render_timing(payload: dict) -> str:
+    lines = ["# The default recipe's wall time", "",
+             "`vlalign train` with no flags, one process per seed, timed from start to exit (set-up, training, "
+             "evaluation, report).", "", "| seed | wall s | goal | met | load before / after | data wait |",
+             "|---|---|---|---|---|---|"]
+    for t in payload["timing"]:
+        met = "yes" if t["wall_s"] <= TIME_TARGET_S else "no"
+        lines.append(f"| {t['seed']} | {t['wall_s']:.0f} | ≤ {TIME_TARGET_S:.0f} | {met} | "
+                     f"{t['load_before']:.1f} / {t['load_after']:.1f} | {t['data_wait_fraction']:.1%} |")
+    lines += ["", "The load average is a one-minute mean that lags: a value above 2 before a run says the "
+              "machine was not quiet just before it.", "", provenance.markdown(payload["stamp"]), ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-4", help="seeds to run, e.g. 0-4 or 0,2,5 (default 0-4)")
     parser.add_argument("--out", default="runs/default-recipe", help="where the seeds' run directories go")
     parser.add_argument("--results", default=str(RESULTS), help="directory for default_recipe.{json,md}")
+    parser.add_argument("--timing", action="store_true",
+                        help="time the runs only (on a quiet machine): writes default_recipe_timing.{json,md}")
     args = parser.parse_args()
     began = provenance.start()
     seeds = parse_seeds(args.seeds)
@@ -117,11 +136,17 @@ def main() -> int:
     for seed in seeds:
         timing.append(run_seed(out, seed))
         print(f"seed {seed}: {timing[-1]['wall_s']:.0f} s", flush=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        payload = {"stamp": provenance.stamp(began, seeds=seeds), "timing": timing, "time_target_s": TIME_TARGET_S}
+        (results / "default_recipe_timing.json").write_text(json.dumps(payload, indent=1) + "\n")
+        (results / "default_recipe_timing.md").write_text(render_timing(payload))
+        print(render_timing(payload))
+        return 0
     stats = summarize([out / f"seed-{s}" for s in seeds]).metrics
     payload = {"stamp": provenance.stamp(began, seeds=seeds), "verdicts": verdicts(stats), "timing": timing,
                "time_target_s": TIME_TARGET_S, "metrics": {k: v.as_dict() for k, v in stats.items()}}
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
     (results / "default_recipe.json").write_text(json.dumps(payload, indent=1) + "\n")
     (results / "default_recipe.md").write_text(render(payload))
     print(render(payload))
