@@ -91,7 +91,7 @@ def _zeroshot_inputs(model: Aligner, spec: str | None):
     else:
         _, prompts, _ = _generic_label_set(source)["class"]
     bank = PromptBank(model.encode_text, prompts, prompt_ensemble(model, hasattr(source, "scene")))
-    return spec, model.preprocess(images), bank, torch.tensor(labels)
+    return spec, model.transform(images), bank, torch.tensor(labels)
 
 
 @task("adversarial")
@@ -105,7 +105,7 @@ def adversarial(model: Aligner, spec: str | None) -> TaskResult:
     half = len(images) // 2
     zeroshot = _zeroshot_inputs(model, spec)
     with torch.inference_mode(False):
-        pixels = model.preprocess(images)  # [N, C, H, W]
+        pixels = model.transform(images)  # [N, C, H, W]
         text_embeds = model.encode_text(captions).clone()  # [N, E]
     train, test = slice(0, half), slice(half, None)
 

@@ -210,7 +210,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     spec = spec or labelled_eval_spec(model)
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
-    pixels = model.preprocess(images)  # [N, C, H, W], every channel
+    pixels = model.transform(images)  # [N, C, H, W], every channel
     if model.config.objective.name in ("supervised", "gpt4image"):  # trained classifier heads
         method, score = "head", model.model.classify_image
     else:
