@@ -215,7 +215,13 @@ def cmd_train(args) -> int:
     print(f"trained {state.step} steps -> {out}")
     if args.no_eval or not cfg.eval.tasks:
         return 0
-    result = evaluate(load(out), cfg.eval.tasks)
+    try:
+        result = evaluate(load(out), cfg.eval.tasks)
+    except VlalignError as err:  # the run itself is complete: say why its evaluation stopped, exit 0
+        print(f"warning: the evaluation after training stopped: {err} The trained run is complete in {out}; "
+              f"evaluate it with `vlalign eval --checkpoint {out} --task TASK --data SPEC`.", file=sys.stderr)
+        return 0
+    print_skipped(result.skipped)
     print_summary(result.results)
     print(f"report: {out / 'report.html'}")
     return 0
@@ -227,6 +233,7 @@ def cmd_eval(args) -> int:
 
     model = load(args.checkpoint)
     result = evaluate(model, args.task or model.config.eval.tasks, args.data)
+    print_skipped(result.skipped)
     print(json.dumps(result.results, indent=1))
     print_summary(result.results, stream=sys.stderr)
     return 0
@@ -421,6 +428,12 @@ def cmd_merge(args) -> int:
     out = merge_runs(args.run_a, args.run_b, args.out, args.alpha, args.onto)
     print(f"merged -> {out}")
     return 0
+
+
+def print_skipped(lines: list[str]) -> None:
+    """One line per eval task that did not apply, on stderr."""
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
