@@ -905,6 +905,11 @@ def merge_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
 
 
 def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    return merge_dict(base or RunConfig(), read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty for an empty file)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
@@ -915,7 +920,9 @@ def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}.") from None
-    return merge_dict(base or RunConfig(), data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}.")
+    return data
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -6,9 +6,10 @@ overrides. Register a new one with ``@recipe``; its docstring's first line is it
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
-from vlalign.config import RunConfig, validate
+from vlalign.config import RunConfig, apply_overrides, merge_dict, read_yaml, validate
 from vlalign.errors import ConfigError
 
 RECIPES: dict[str, Callable[[], RunConfig]] = {}
@@ -32,7 +33,22 @@ def get_recipe(name: str) -> RunConfig:
 
 
 def describe(name: str) -> str:
-    return (RECIPES[name].__doc__ or "").strip().splitlines()[0]
+    """The first paragraph of the recipe's docstring, as one line."""
+    return " ".join((RECIPES[name].__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def resolve_config(recipe: str | None = None, config: str | Path | None = None,
+                   overrides: Sequence[str] = ()) -> RunConfig:
+    """A run's config: the recipe (``recipe``, else the one the YAML file names with ``recipe: NAME``, else
+    the default), the YAML file ``config`` on top, then the ``key=value`` overrides."""
+    data = read_yaml(config) if config else {}
+    named = data.pop("recipe", None)
+    if recipe and named and named != recipe:
+        raise ConfigError(f"--recipe {recipe} and {config}'s 'recipe: {named}' disagree; keep one of them.")
+    cfg = get_recipe(recipe or named or DEFAULT_RECIPE)
+    if data:
+        cfg = merge_dict(cfg, data, str(config))
+    return apply_overrides(cfg, list(overrides))
 
 
 @recipe
