@@ -239,11 +239,12 @@ def cmd_train(args) -> int:
     from vlalign.api import load
     from vlalign.checkpoint import latest_checkpoint
     from vlalign.eval import evaluate
-    from vlalign.recipes import resolve_config
+    from vlalign.recipes import check_stages, resolve_config
     from vlalign.train import run_training
     from vlalign.train.distributed import env_world_size, launch, process_group
 
     cfg = resolve_config(args.recipe, args.config, args.overrides)
+    check_stages(cfg)
     out = Path(args.out or Path("runs") / cfg.name)
     if args.resume and latest_checkpoint(out / "checkpoints") is None:
         raise VlalignError(f"--resume: {out} has no complete checkpoint to resume from. Drop --resume to start fresh.")

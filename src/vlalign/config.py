@@ -74,6 +74,9 @@ class VisionConfig:
 class TextConfig:
     size: str = "text-tiny"  # a row of vlalign.models.registry.TEXT_SIZES
     vocab_size: int = 1024  # BPE tokenizer trained on the training captions
+    # a run directory whose tokenizer.json this run takes instead of training one (VPGTrans: the larger LM
+    # shares the small one's vocabulary); "" = train one, or inherit it from model.init_from
+    tokenizer_from: str = ""
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
     tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
     locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
@@ -515,6 +518,9 @@ def _validate_continual(cfg: RunConfig, source: str) -> None:
     if vlm.projector_init != "random" and not vlm.inherit_vpg:
         raise ConfigError(f"In {source}: model.vlm.projector_init={vlm.projector_init} composes the inherited "
                           "projector with a word converter; name the run to inherit in model.vlm.inherit_vpg.")
+    if cfg.model.text.tokenizer_from and cfg.model.text.tower != "vlalign":
+        raise ConfigError(f"In {source}: model.text.tokenizer_from names a run's tokenizer, but the pretrained text "
+                          f"tower {cfg.model.text.tower} brings its own; drop one of them.")
     if (vlm.inherit_vpg or vlm.visual_experts) and cfg.model.arch != "vlm":
         raise ConfigError(f"In {source}: model.vlm.inherit_vpg / visual_experts need model.arch=vlm, "
                           f"got '{cfg.model.arch}'.")
