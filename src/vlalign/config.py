@@ -348,6 +348,10 @@ class TrainConfig:
     # Keep freed memory in the process (glibc malloc) instead of returning it to the OS after every step: no
     # page faults on the next step's tensors; resident memory stays at the step's peak (train/heap.py)
     keep_heap: bool = True
+    # Where logged steps go beside metrics.jsonl (vlalign.train.sinks): "tensorboard" (event files in
+    # RUN/tensorboard; pip install vlalign[tensorboard]), "wandb" (an offline W&B run in RUN/wandb, uploaded
+    # later with `wandb sync`; pip install vlalign[wandb])
+    log_to: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -408,6 +412,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video.tokens": ("frame", "pllava"),
     "model.video.pool": ("mean", "attention"),
 }
+
+LOG_SINKS = ("tensorboard", "wandb")  # train.log_to
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
 # "text-mlm": the dual encoder's text tower alone, masked-LM pre-training on captions (vlalign.models.text_mlm)
@@ -475,6 +481,10 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"In {source}: data.batch_size ({cfg.data.batch_size}) must be a multiple of "
                           f"train.accum_steps ({cfg.train.accum_steps}).")
     _validate_arch(cfg, source)
+    for sink in cfg.train.log_to:
+        if sink not in LOG_SINKS:
+            raise ConfigError(f"Config key 'train.log_to' in {source} has '{sink}', which is not one of: "
+                              f"{', '.join(LOG_SINKS)}.")
     for kind in cfg.objective.hard_negatives:
         if kind not in NEGATIVE_KINDS:
             raise ConfigError(f"Config key 'objective.hard_negatives' in {source} has '{kind}', which is not one of: "

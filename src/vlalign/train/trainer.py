@@ -39,6 +39,7 @@ from vlalign.train.optim import build_optimizer, set_implementation
 from vlalign.train.precision import precision_name, resolve_precision
 from vlalign.train.resume import check_resumable, restore, save
 from vlalign.train.setup import build_components, resolve_threads, seed_everything
+from vlalign.train.sinks import open_sinks
 from vlalign.train.step import TrainState, batch_size, forward_kwargs, train_step
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     metrics.truncate(state.step)
     if state.step >= cfg.train.steps:
         return state
+    if dist.is_main():
+        metrics.sinks = open_sinks(cfg, run_dir, state.step)
 
     if parts.heldout is not None and state.step == 0:  # the LM's text loss before this run changes it
         metrics.write({"step": 0, "samples_seen": 0, "text/heldout_loss": parts.heldout.loss(model)})
@@ -135,9 +138,11 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                 path = save(run_dir, model, optimizer, loader, state, cfg, strategy, ema)
             if stopping:
                 bar.close()
+                metrics.close()
                 raise GracefulStop(f"Stopped by SIGTERM at step {state.step}; checkpoint {path} is saved. "
                                    "Rerun the same command to resume.")
     bar.close()
+    metrics.close()
     return state
 
 
