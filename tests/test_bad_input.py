@@ -81,8 +81,9 @@ def test_the_train_options_are_frozen():
     from vlalign.cli import build_parser
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
-    assert sorted(a.dest for a in train._actions) == ["config", "help", "no_eval", "nproc", "out", "overrides",
-                                                      "quiet", "recipe", "resume", "seeds", "seeds_parallel"]
+    assert sorted(a.dest for a in train._actions) == ["config", "debug", "help", "no_eval", "nproc", "out",
+                                                      "overrides", "quiet", "recipe", "resume", "seeds",
+                                                      "seeds_parallel"]
 
 
 # ---------------------------------------------------------------------------------------------

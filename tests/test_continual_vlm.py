@@ -139,3 +139,32 @@ def test_vpg_from_a_run_with_another_tokenizer_is_refused(runs, tmp_path):
 def test_bad_transfer_settings_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(get_recipe("cgvlm-stage1-gen"), overrides)
+
+
+def test_the_vpgtrans_recipes_chain_from_the_recipes_that_make_their_runs(tmp_path, monkeypatch, capsys):
+    from vlalign.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the recipes read and write runs/NAME
+
+    def train(recipe: str, data: str) -> int:
+        return main(["train", "--recipe", recipe, "--quiet", "--no-eval", "--set", f"data.train={data}",
+                     *(arg for item in TINY for arg in ("--set", item))])
+
+    assert train("vpgtrans-warmup", "shapes:n=30,seed=0") == 2
+    assert "`vlalign train --recipe lm-pretrain-mini`" in capsys.readouterr().err
+    for recipe, data in (("lm-pretrain", "shapes-qa:n=30,seed=3"), ("cgvlm-vision", "shapes:n=30,seed=0"),
+                         ("vpg-small", "shapes:n=30,seed=0"), ("lm-pretrain-mini", "shapes-qa:n=30,seed=3")):
+        assert train(recipe, data) == 0, capsys.readouterr().err
+    tokenizer = (tmp_path / "runs" / "lm-pretrain" / "tokenizer.json").read_text()
+    assert (tmp_path / "runs" / "lm-pretrain-mini" / "tokenizer.json").read_text() == tokenizer
+    assert train("vpgtrans-warmup", "shapes:n=30,seed=0") == 0, capsys.readouterr().err
+    assert load(tmp_path / "runs" / "vpgtrans-warmup").model.decoder.embed_tokens.weight.shape == \
+        load(tmp_path / "runs" / "lm-pretrain-mini").model.decoder.embed_tokens.weight.shape
+
+
+def test_every_run_a_recipe_starts_from_is_made_by_a_recipe():
+    from vlalign.recipes import RECIPES, stage_paths
+
+    for name in RECIPES:
+        for key, path in stage_paths(get_recipe(name)):
+            assert path.startswith("runs/") and path.removeprefix("runs/") in RECIPES, (name, key, path)

@@ -14,10 +14,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from vlalign.checkpoint import EMA_FILE, latest_checkpoint, load_checkpoint, load_ema
 from vlalign.config import RunConfig, from_dict
 from vlalign.data.generative import encode_prompts
+from vlalign.data.images import image_array, is_single_image
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.errors import CheckpointError, VlalignError
@@ -31,6 +33,8 @@ ANSWER_TOKENS = 8  # shapes answers are one word; a little room for a wrong, lon
 # faster in chunks of 32 images than in one batch of 256; at 2k-4k tokens per call widths 128-768 all ran
 # at or near their best (benchmarks/results/vs_open_clip.md, "Inference").
 CPU_CHUNK_TOKENS = 2048
+# One image as ``Aligner.encode_image`` and ``preprocess`` take it (``vlalign.data.images.image_array``).
+ImageInput = np.ndarray | torch.Tensor | Image.Image | str | Path
 
 
 @dataclass
@@ -85,11 +89,13 @@ class Aligner:
         return self
 
     @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str], batch_size: int = 512, max_tokens: int = 4096) -> torch.Tensor:
-        """list of N strings -> [N, E]; at most ``batch_size`` texts and about ``max_tokens`` tokens per chunk."""
-        if not len(texts):
+    def encode_text(self, texts: str | Sequence[str], batch_size: int = 512, max_tokens: int = 4096) -> torch.Tensor:
+        """One string -> [1, E]; a list of N strings -> [N, E] (as open_clip's tokenizer and ``encode_text``).
+        At most ``batch_size`` texts and about ``max_tokens`` tokens per chunk."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
             return torch.empty(0, self.embed_dim)
-        ids, mask = self.tokenizer(list(texts), self.config.data.context_length)  # [N, L]
+        ids, mask = self.tokenizer(texts, self.config.data.context_length)  # [N, L]
         return self.encode_tokens(ids, mask, batch_size, max_tokens)
 
     @torch.inference_mode()
@@ -109,18 +115,31 @@ class Aligner:
         return out if out is not None else torch.empty(0, self.embed_dim)
 
     @torch.inference_mode()
-    def encode_image(self, images: Sequence[np.ndarray] | torch.Tensor, batch_size: int = 256,
+    def encode_image(self, images: ImageInput | Sequence[ImageInput] | torch.Tensor, batch_size: int = 256,
                      max_tokens: int | None = None) -> torch.Tensor:
-        """``[C, H, W]`` arrays as stored (uint8 etc.), or an already-transformed float tensor -> [N, E].
+        """Images -> [N, E]; one image -> [1, E].
+
+        ``images``: one image or a list of them, each a PIL image, a file path, or an array: ``[C, H, W]``
+        or ``[H, W, C]`` (uint8, or float in [0, 1] for a model trained on pictures; see
+        ``vlalign.data.images.image_array``); they are resized to the model's size as in training. Or a
+        tensor of preprocessed pixels (``preprocess``): ``[N, C, S, S]``, or one image ``[C, S, S]``.
 
         ``batch_size`` images are transformed at a time; the tower then runs on chunks of about
         ``max_tokens`` tokens (default: ``CPU_CHUNK_TOKENS`` on CPU, the whole batch elsewhere)."""
+        if is_single_image(images):
+            images = images[None] if torch.is_tensor(images) else [images]
         out = []
         for i in range(0, len(images), batch_size):
-            chunk = images[i : i + batch_size]
-            pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
+            pixels = self._pixels(images[i : i + batch_size])
             out += [self._encode_image(part) for part in pixels.split(self._images_per_call(pixels, max_tokens))]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def _pixels(self, images: Sequence[ImageInput] | torch.Tensor, crop: bool = False) -> torch.Tensor:
+        """Images in any accepted form -> the tower's input [N, C, S, S] (a tensor is taken as preprocessed)."""
+        if torch.is_tensor(images):
+            return images
+        channels, eight_bit = self.transform.in_channels, self.transform.mean is None
+        return self.transform([image_array(image, channels, eight_bit) for image in images], crop)
 
     def _images_per_call(self, pixels: torch.Tensor, max_tokens: int | None) -> int:
         """Images per tower call for ``pixels`` [B, C, H, W] (or clips [B, T, C, H, W]): about ``max_tokens``
@@ -151,19 +170,26 @@ class Aligner:
         return torch.cat(tokens), torch.cat(masks)
 
     @torch.inference_mode()
-    def encode_image_tokens(self, images: Sequence[np.ndarray] | torch.Tensor,
+    def encode_image_tokens(self, images: Sequence[ImageInput] | torch.Tensor,
                             batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Images as for ``encode_image`` -> per-patch embeddings [N, T, E] and mask [N, T]."""
         tokens, masks = [], []
         for i in range(0, len(images), batch_size):
-            chunk = images[i : i + batch_size]
-            out = self.model.image_token_embeds(chunk if torch.is_tensor(chunk) else self.transform(list(chunk)))
+            out = self.model.image_token_embeds(self._pixels(images[i : i + batch_size]))
             tokens.append(out[0])
             masks.append(out[1])
         return torch.cat(tokens), torch.cat(masks)
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.transform(list(images))
+    def preprocess(self, images: ImageInput | Sequence[ImageInput], crop: bool = True) -> torch.Tensor:
+        """open_clip's ``preprocess``: one image (PIL image, path or array, as for ``encode_image``) ->
+        ``[C, S, S]``; a list of them -> ``[N, C, S, S]``; normalised as the run's training data was.
+
+        ``crop``: the shorter side resized to S and the centre S x S kept, as open_clip does; False resizes
+        the whole image to S x S as training did (what ``encode_image`` does with raw images; the same
+        pixels for a square image). ``encode_image`` takes the result."""
+        if is_single_image(images):
+            return self._pixels([images], crop)[0]
+        return self._pixels(list(images), crop)
 
     @property
     def embed_dim(self) -> int:

@@ -23,29 +23,28 @@ EPILOG = """examples:
   vlalign benchmark --checkpoint runs/shapes-clip --suite shapes
   vlalign chat --checkpoint runs/cgvlm-stage2 --image scene.png "what colour is the star?"
   vlalign recipes
+  vlalign config show --recipe shapes-siglip --set train.steps=100    # the resolved config, as YAML
   vlalign data convert csv:pairs.csv --to shards/    # then --set data.train=wds:shards/shards.json
   vlalign data inspect wds:shards/{000000..000009}.tar
 """
 
 
+DEBUG_HELP = "show full tracebacks for errors"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlalign", description="Train, evaluate and serve vision-language "
-                                     "alignment models.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="vlalign", description="Train, evaluate and serve vision-language alignment models.",
+                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vlalign {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (resumes automatically if --out holds a checkpoint)",
-                           description="Train from a recipe or YAML config; then evaluate and write report.html. "
-                           "Rerunning the same command resumes from the newest complete checkpoint. With --seeds, "
-                           "the config runs once per seed and the seeds' eval metrics are summarised (mean, std, "
-                           "min, max).")
-    source = train.add_mutually_exclusive_group()
-    source.add_argument("--recipe", help="named preset (see `vlalign recipes`); default: shapes-clip")
-    source.add_argument("--config", help="YAML file of config values (on top of the default recipe)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+                           description="Train from a recipe and/or YAML config; then evaluate and write "
+                           "report.html. Rerunning the same command resumes from the newest complete checkpoint. "
+                           "With --seeds, the config runs once per seed and the seeds' eval metrics are summarised "
+                           "(mean, std, min, max).")
+    add_config_arguments(train)
     train.add_argument("--out", help="run directory (default: runs/<recipe name>); with --seeds, the directory of "
                        "the seeds' runs and summary")
     train.add_argument("--resume", action="store_true",
@@ -64,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "cores) shared between them (default 1: one after another)")
 
     ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate a run; writes eval.json and "
-                        "report.html into the run directory and prints the results as JSON.")
+                        "report.html into the run directory and prints the results as JSON.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
-    ev.add_argument("--task", action="append", help="task to run (repeatable); default: the run's eval.tasks. "
-                    "Known: zeroshot, retrieval, compositional, compositional-negatives, linear-probe, adversarial, "
-                    "mir, channels, fdt-codes; for generative runs vqa, caption, alignment, text-qa")
+    ev.epilog_from = eval_task_list
+    ev.add_argument("--task", action="append", help="task to run (repeatable; the tasks are listed below); "
+                    "default: the run's eval.tasks")
     ev.add_argument("--data", help="data spec to evaluate on, e.g. fashion-mnist:test (default: the task's own)")
 
     bench = sub.add_parser("benchmark", help="run a suite of eval tasks and write one table",
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, help="seed for sampling")
 
     sub.add_parser("recipes", help="list the named recipes")
+    config = sub.add_parser("config", help="show the config a recipe, YAML file and --set overrides resolve to")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    add_config_arguments(config_sub.add_parser("show", help="print the resolved config as YAML (trains nothing)"))
 
     data = sub.add_parser("data", help="data utilities")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -137,7 +140,52 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--alpha", type=float, help="weight of B (default 0.5), or of B - A with --onto (default 1)")
     merge.add_argument("--onto", metavar="RUN_C", help="add B - A to this run's weights instead of interpolating")
     merge.add_argument("--out", required=True, help="the new run directory")
+    add_debug_everywhere(parser)
     return parser
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose epilog may be computed when its help is shown (``epilog_from``): the eval
+    task list imports every task module, which other commands need not pay for."""
+
+    epilog_from = None
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+def eval_task_list() -> str:
+    """Every registered eval task, dual-encoder and generative apart, wrapped."""
+    import textwrap
+
+    from vlalign.eval import TASKS  # importing it registers every task
+    from vlalign.eval.tasks import GENERATIVE_TASKS
+
+    dual = sorted(set(TASKS) - GENERATIVE_TASKS)
+    return "\n".join([textwrap.fill("tasks: " + ", ".join(dual), 100, subsequent_indent="  "),
+                      textwrap.fill("tasks of generative runs: " + ", ".join(sorted(GENERATIVE_TASKS)), 100,
+                                    subsequent_indent="  ")])
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--recipe, --config and --set: what a run's config is made of (``vlalign.recipes.resolve_config``)."""
+    parser.add_argument("--recipe", help="named preset (see `vlalign recipes`); default: the YAML's `recipe:`, "
+                        "else shapes-clip")
+    parser.add_argument("--config", help="YAML file of config values, on top of the recipe (it may name its "
+                        "recipe: `recipe: NAME`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable; applied last)")
+
+
+def add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after any command or action too; given nowhere there, the top-level value stays."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                add_debug_everywhere(sub)
 
 
 def add_efficiency_commands(sub) -> None:
@@ -202,16 +250,13 @@ def cmd_train(args) -> int:
     from vlalign import dist
     from vlalign.api import load
     from vlalign.checkpoint import latest_checkpoint
-    from vlalign.config import apply_overrides, load_yaml
     from vlalign.eval import evaluate
-    from vlalign.recipes import DEFAULT_RECIPE, get_recipe
+    from vlalign.recipes import check_stages, resolve_config
     from vlalign.train import run_training
     from vlalign.train.distributed import env_world_size, launch, process_group
 
-    cfg = get_recipe(args.recipe or DEFAULT_RECIPE)
-    if args.config:
-        cfg = load_yaml(args.config, base=cfg)
-    cfg = apply_overrides(cfg, args.overrides)
+    cfg = resolve_config(args.recipe, args.config, args.overrides)
+    check_stages(cfg)
     if args.seeds is not None:
         return train_seeds(cfg, args)
     if args.seeds_parallel != 1:
@@ -231,7 +276,13 @@ def cmd_train(args) -> int:
     print(f"trained {state.step} steps -> {out}")
     if args.no_eval or not cfg.eval.tasks:
         return 0
-    result = evaluate(load(out), cfg.eval.tasks)
+    try:
+        result = evaluate(load(out), cfg.eval.tasks)
+    except VlalignError as err:  # the run itself is complete: say why its evaluation stopped, exit 0
+        print(f"warning: the evaluation after training stopped: {err} The trained run is complete in {out}; "
+              f"evaluate it with `vlalign eval --checkpoint {out} --task TASK --data SPEC`.", file=sys.stderr)
+        return 0
+    print_skipped(result.skipped)
     print_summary(result.results)
     print(f"report: {out / 'report.html'}")
     return 0
@@ -283,6 +334,7 @@ def cmd_eval(args) -> int:
 
     model = load(args.checkpoint)
     result = evaluate(model, args.task or model.config.eval.tasks, args.data)
+    print_skipped(result.skipped)
     print(json.dumps(result.results, indent=1))
     print_summary(result.results, stream=sys.stderr)
     return 0
@@ -317,12 +369,27 @@ def cmd_chat(args) -> int:
 
 
 def cmd_recipes(args) -> int:
+    import shutil
+    import textwrap
+
     from vlalign.recipes import DEFAULT_RECIPE, RECIPES, describe
 
     width = max(map(len, RECIPES))
+    columns = max(shutil.get_terminal_size().columns, width + 40)
     for name in sorted(RECIPES):
         mark = " (default)" if name == DEFAULT_RECIPE else ""
-        print(f"{name:<{width}}  {describe(name)}{mark}")
+        print(textwrap.fill(describe(name) + mark, columns, initial_indent=f"{name:<{width}}  ",
+                            subsequent_indent=" " * (width + 2), break_on_hyphens=False, break_long_words=False))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from vlalign.config import dump_yaml
+    from vlalign.recipes import resolve_config
+
+    if args.config_command != "show":
+        raise VlalignError("`vlalign config` needs an action: show (see `vlalign config --help`).")
+    print(dump_yaml(resolve_config(args.recipe, args.config, args.overrides)), end="")
     return 0
 
 
@@ -479,6 +546,12 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def print_skipped(lines: list[str]) -> None:
+    """One line per eval task that did not apply, on stderr."""
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
 def print_summary(results: list[dict], stream=sys.stdout) -> None:
     from vlalign.eval.report import summary_rows
 
@@ -509,7 +582,7 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "chat": cmd_chat, "recipes": cmd_recipes,
-            "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export,
+            "config": cmd_config, "data": cmd_data, "embed": cmd_embed, "serve": cmd_serve, "export": cmd_export,
             "average": cmd_average, "resolution": cmd_resolution,
             "merge": cmd_merge, "cmr": cmd_cmr}
 

@@ -74,6 +74,9 @@ class VisionConfig:
 class TextConfig:
     size: str = "text-tiny"  # a row of vlalign.models.registry.TEXT_SIZES
     vocab_size: int = 1024  # BPE tokenizer trained on the training captions
+    # a run directory whose tokenizer.json this run takes instead of training one (VPGTrans: the larger LM
+    # shares the small one's vocabulary); "" = train one, or inherit it from model.init_from
+    tokenizer_from: str = ""
     pool: str = "eot"  # "eot" (causal mask, last token, as CLIP) | "mean" (bidirectional, mean of tokens)
     tower: str = "vlalign"  # "vlalign" (trained from scratch) | "hf:PATH" (a local Hugging Face encoder)
     locked: bool = False  # freeze the text tower (LiT, Zhai et al. 2022): train the image side into its space
@@ -345,6 +348,10 @@ class TrainConfig:
     # Keep freed memory in the process (glibc malloc) instead of returning it to the OS after every step: no
     # page faults on the next step's tensors; resident memory stays at the step's peak (train/heap.py)
     keep_heap: bool = True
+    # Where logged steps go beside metrics.jsonl (vlalign.train.sinks): "tensorboard" (event files in
+    # RUN/tensorboard; pip install vlalign[tensorboard]), "wandb" (an offline W&B run in RUN/wandb, uploaded
+    # later with `wandb sync`; pip install vlalign[wandb])
+    log_to: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -405,6 +412,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video.tokens": ("frame", "pllava"),
     "model.video.pool": ("mean", "attention"),
 }
+
+LOG_SINKS = ("tensorboard", "wandb")  # train.log_to
 
 # Objectives that train a causal LM; every other objective trains the dual encoder.
 # "text-mlm": the dual encoder's text tower alone, masked-LM pre-training on captions (vlalign.models.text_mlm)
@@ -472,6 +481,10 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"In {source}: data.batch_size ({cfg.data.batch_size}) must be a multiple of "
                           f"train.accum_steps ({cfg.train.accum_steps}).")
     _validate_arch(cfg, source)
+    for sink in cfg.train.log_to:
+        if sink not in LOG_SINKS:
+            raise ConfigError(f"Config key 'train.log_to' in {source} has '{sink}', which is not one of: "
+                              f"{', '.join(LOG_SINKS)}.")
     for kind in cfg.objective.hard_negatives:
         if kind not in NEGATIVE_KINDS:
             raise ConfigError(f"Config key 'objective.hard_negatives' in {source} has '{kind}', which is not one of: "
@@ -515,6 +528,9 @@ def _validate_continual(cfg: RunConfig, source: str) -> None:
     if vlm.projector_init != "random" and not vlm.inherit_vpg:
         raise ConfigError(f"In {source}: model.vlm.projector_init={vlm.projector_init} composes the inherited "
                           "projector with a word converter; name the run to inherit in model.vlm.inherit_vpg.")
+    if cfg.model.text.tokenizer_from and cfg.model.text.tower != "vlalign":
+        raise ConfigError(f"In {source}: model.text.tokenizer_from names a run's tokenizer, but the pretrained text "
+                          f"tower {cfg.model.text.tower} brings its own; drop one of them.")
     if (vlm.inherit_vpg or vlm.visual_experts) and cfg.model.arch != "vlm":
         raise ConfigError(f"In {source}: model.vlm.inherit_vpg / visual_experts need model.arch=vlm, "
                           f"got '{cfg.model.arch}'.")
@@ -905,6 +921,11 @@ def merge_dict(cfg: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
 
 
 def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    return merge_dict(base or RunConfig(), read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty for an empty file)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
@@ -915,7 +936,9 @@ def load_yaml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}.") from None
-    return merge_dict(base or RunConfig(), data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}.")
+    return data
 
 
 def dump_yaml(cfg: RunConfig) -> str:

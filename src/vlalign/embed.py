@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from vlalign.data.sample import CorruptSample, Source
 from vlalign.errors import VlalignError
+from vlalign.progress import progress as progress_bar
 
 WHAT = ("image", "text", "both")
 
@@ -52,7 +52,7 @@ def embed_source(aligner, source: Source, out: str | Path, what: str = "both", b
         signature["int8"] = True
     _check_parts_signature(parts, signature)
     n_chunks = (len(source) + chunk_size - 1) // chunk_size
-    bar = tqdm(total=len(source), disable=not progress, desc="embed", unit="sample", dynamic_ncols=True)
+    bar = progress_bar(total=len(source), disable=not progress, desc="embed", unit="sample")
     for c in range(n_chunks):
         start, stop = c * chunk_size, min(len(source), (c + 1) * chunk_size)
         path = parts / f"chunk-{c:06d}.safetensors"

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from vlalign.data.convert import ConvertReport, convert
 from vlalign.data.sample import CorruptSample, Sample, Source
 from vlalign.errors import DataError
+from vlalign.progress import progress as progress_bar
 
 SCORES_FILE = "filter-scores.safetensors"
 SUMMARY_FILE = "filter.json"
@@ -58,7 +58,7 @@ def score_pairs(aligner, source: Source, batch_size: int = 256, progress: bool =
     """[N] cosine similarity of each sample's image and caption under ``aligner`` (an ``Aligner``,
     whose embeddings are unit-norm); NaN for samples that cannot be read."""
     scores = torch.full((len(source),), math.nan)
-    bar = tqdm(total=len(source), desc="score", unit="pair", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(source), desc="score", unit="pair", disable=not progress)
     for span, readable, images, captions in readable_batches(source, batch_size):
         if readable:
             image, text = aligner.encode_image(images), aligner.encode_text(captions)  # [b, E] each

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from vlalign.data.sample import CorruptSample, Sample, Source
 from vlalign.data.stats import ChannelStats
 from vlalign.data.wds import WIDS_KIND
 from vlalign.errors import DataError
+from vlalign.progress import progress as progress_bar
 
 INDEX_FILE = "shards.json"
 _PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -51,7 +51,7 @@ def convert(source: Source, out: str | Path, shard_size: int = 1000, progress: b
     report = ConvertReport(out / INDEX_FILE, [], 0)
     shardlist, stats, dtype = [], None, None
     pending: list[tuple[int, Sample]] = []
-    for i in tqdm(range(len(source)), desc="convert", unit="sample", disable=not progress):
+    for i in progress_bar(range(len(source)), desc="convert", unit="sample", disable=not progress):
         try:
             sample = source[i]
         except CorruptSample as bad:

@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
+
+from vlalign.progress import progress
 
 
 def export_shapes(out: str | Path, n: int, seed: int) -> Path:
@@ -20,7 +21,7 @@ def export_shapes(out: str | Path, n: int, seed: int) -> Path:
     with manifest.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption", "label"])
-        for i in tqdm(range(n), desc="make-shapes", unit="img"):
+        for i in progress(range(n), desc="make-shapes", unit="img"):
             sample = world[i]
             name = f"images/{sample.key}.png"
             Image.fromarray(sample.image.transpose(1, 2, 0)).save(out / name)
@@ -44,7 +45,7 @@ def export_moving_shapes(out: str | Path, n: int, seed: int, spec: str = "") -> 
     with manifest.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["clip", "frames", "caption", "events"])
-        for i in tqdm(range(n), desc="make-moving-shapes", unit="clip"):
+        for i in progress(range(n), desc="make-moving-shapes", unit="clip"):
             sample = source[i]
             name = f"clips/{sample.key}.png"
             strip = np.concatenate(list(sample.image.transpose(0, 2, 3, 1)), axis=1)  # [H, T*W, 3]

@@ -35,7 +35,7 @@ class FolderSource(PairSource):
         if not folders:
             raise DataError(f"Data spec '{name}': {root} has no class sub-folders (expected DIR/CLASS/IMAGE files).")
         super().__init__(name, [f.name.replace("_", " ") for f in folders], channels, layout)
-        self.root, self.templates = root, templates
+        self.root, self.caption_templates = root, templates
         self.files: list[Path] = []
         self.labels: list[int] = []
         for label, folder in enumerate(folders):
@@ -53,6 +53,10 @@ class FolderSource(PairSource):
     def captions(self) -> list[str]:
         return [c for c in map(self._caption, range(len(self))) if c]
 
+    def templates(self) -> tuple[str, ...]:
+        """Zero-shot prompt templates (the caption templates), as other labelled sources give them."""
+        return self.caption_templates
+
     def read(self, index: int) -> RawPair:
         path = self.files[index]
         key = str(path)
@@ -63,7 +67,7 @@ class FolderSource(PairSource):
         caption_file = self.files[index].with_suffix(".txt")
         if caption_file.is_file():
             return caption_file.read_text(encoding="utf-8", errors="replace").strip()
-        return self.templates[index % len(self.templates)].format(c=self.classes[self.labels[index]])
+        return self.caption_templates[index % len(self.caption_templates)].format(c=self.classes[self.labels[index]])
 
 
 def open_folder(argument: str) -> FolderSource:

@@ -6,10 +6,10 @@ import collections
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vlalign.data.sample import CorruptSample, Source, container_of
 from vlalign.data.stats import ChannelStats
+from vlalign.progress import progress as progress_bar
 
 PERCENTILES = (5, 50, 95, 100)
 
@@ -45,7 +45,7 @@ def inspect_source(source: Source, limit: int | None = None, progress: bool = Fa
     dtypes, sizes, labels = collections.Counter(), collections.Counter(), collections.Counter()
     words, chars = [], []
     stats = ChannelStats(len(source.channel_names))
-    for i in tqdm(indices, desc="inspect", unit="sample", disable=not progress):
+    for i in progress_bar(indices, desc="inspect", unit="sample", disable=not progress):
         try:
             sample = source[i]
             if not sample.caption or not sample.caption.strip():

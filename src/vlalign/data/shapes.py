@@ -576,9 +576,9 @@ class ShapesWorld:
         images = np.empty((self.n, len(self.channel_names), size, size), dtype=np.uint8)
         indices = range(self.n)
         if progress:
-            from tqdm import tqdm
+            from vlalign.progress import progress as progress_bar
 
-            indices = tqdm(indices, desc=f"rendering {self.name}", unit="img")
+            indices = progress_bar(indices, desc=f"rendering {self.name}", unit="img")
         for i in indices:
             render_into(images[i], self.scene(i), self.cfg)
         return images

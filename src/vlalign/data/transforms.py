@@ -27,12 +27,16 @@ class ImageTransform:
         self.mean = mean
         self.std = std
 
-    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
-        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32; of clips [T, C, H, W] -> [B, T, ...]."""
+    def __call__(self, images: list[np.ndarray], crop: bool = False) -> torch.Tensor:
+        """list of [C, H, W] arrays -> [B, in_channels, S, S] float32; of clips [T, C, H, W] -> [B, T, ...].
+
+        Each image is resized to S x S as training saw it (``resize_square``), or with ``crop`` keeping its
+        aspect: the shorter side to S, then the centre S x S (open_clip's preprocessing)."""
+        resize = resize_center_crop if crop else resize_square
         out = []
         for image in images:
             if image.ndim == 4:  # a video clip: every frame as an image
-                out.append(self(list(image)))
+                out.append(self(list(image), crop))
                 continue
             x = torch.from_numpy(np.ascontiguousarray(image))
             if image.dtype == np.uint8 and self.mean is None:
@@ -45,7 +49,7 @@ class ImageTransform:
                     x = (x - mean) / std
             if x.shape[0] == 1 and self.in_channels > 1:  # greyscale into an RGB tower
                 x = x.expand(self.in_channels, -1, -1)
-            out.append(resize_square(x, self.image_size))
+            out.append(resize(x, self.image_size))
         return torch.stack(out)
 
     def save(self, path: str | Path) -> None:
@@ -62,6 +66,19 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``[C, H, W]`` float -> ``[C, size, size]``: the shorter side resized to ``size`` (aspect kept), then the
+    centre ``size`` x ``size``. A square image gives what ``resize_square`` gives."""
+    height, width = x.shape[-2:]
+    scale = size / min(height, width)
+    new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_height, new_width) != (height, width):
+        x = F.interpolate(x[None], size=(new_height, new_width), mode="bilinear", align_corners=False,
+                          antialias=True)[0]
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    return x[:, top : top + size, left : left + size]
 
 
 def channel_statistics(source, limit: int = STATISTICS_IMAGES) -> tuple[list[float], list[float]]:

@@ -21,7 +21,7 @@ from vlalign.data.specs import build_source
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import DataError
 from vlalign.eval.retrieval import retrieval_metrics
-from vlalign.eval.tasks import TaskResult, _generic_label_set, load_arrays, prompt_ensemble, task
+from vlalign.eval.tasks import TaskResult, _generic_label_set, is_shapes_world, load_arrays, prompt_ensemble, task
 from vlalign.eval.tasks import _shapes_eval_spec as shapes_eval_spec
 from vlalign.eval.tasks import _shapes_label_sets as shapes_label_sets
 from vlalign.eval.zeroshot import PromptBank
@@ -80,8 +80,11 @@ def random_perturbation(shape: torch.Size, epsilon: float, seed: int = 0) -> tor
 
 def _zeroshot_inputs(model: Aligner, spec: str | None):
     """(spec, pixels [N, C, H, W], the classes' PromptBank, labels [N]) for the zero-shot check, or
-    None when ``spec`` names an unlabelled source. Default: single-object shapes, shape+colour labels."""
-    spec = spec or shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+    None when ``spec`` names an unlabelled source. Default: single-object shapes, shape+colour labels, for a
+    run trained on the shapes world; else the run's ``data.eval``."""
+    if spec is None:
+        spec = (shapes_eval_spec(model, model.config.eval.zeroshot_n, "exclude")
+                if is_shapes_world(model.config.data.train) else model.config.data.eval)
     source = build_source(spec)
     if not hasattr(source, "scene") and not source.classes:
         return None
@@ -91,7 +94,7 @@ def _zeroshot_inputs(model: Aligner, spec: str | None):
     else:
         _, prompts, _ = _generic_label_set(source)["class"]
     bank = PromptBank(model.encode_text, prompts, prompt_ensemble(model, hasattr(source, "scene")))
-    return spec, model.preprocess(images), bank, torch.tensor(labels)
+    return spec, model.transform(images), bank, torch.tensor(labels)
 
 
 @task("adversarial")
@@ -105,7 +108,7 @@ def adversarial(model: Aligner, spec: str | None) -> TaskResult:
     half = len(images) // 2
     zeroshot = _zeroshot_inputs(model, spec)
     with torch.inference_mode(False):
-        pixels = model.preprocess(images)  # [N, C, H, W]
+        pixels = model.transform(images)  # [N, C, H, W]
         text_embeds = model.encode_text(captions).clone()  # [N, E]
     train, test = slice(0, half), slice(half, None)
 

@@ -54,7 +54,8 @@ class CachingAligner(Aligner):
         out.int8, out.text_cache = model.int8, cache
         return out
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+    def encode_text(self, texts: str | Sequence[str], batch_size: int = 512) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else texts
         missing = list(dict.fromkeys(t for t in texts if t not in self.text_cache))
         if missing:
             for text, embed in zip(missing, super().encode_text(missing, batch_size)):
@@ -103,6 +104,10 @@ def run_benchmark(model: Aligner, suite: str = "shapes", force: bool = False, lo
         except DataError as err:  # a dataset that is not installed, or a task that does not apply to this run
             state["entries"][key] = {"skipped": str(err)}
             log(f"{key}: skipped ({err})")
+            continue
+        if out.skipped and not out.results:  # a task that does not apply to this run's data
+            state["entries"][key] = {"skipped": out.skipped[0]}
+            log(f"{key}: {out.skipped[0]}")
             continue
         seconds = time.perf_counter() - start
         state["entries"][key] = {"results": out.results, "seconds": round(seconds, 2)}

@@ -22,7 +22,7 @@ WORDS_PER_CODE = 5
 
 def _weights_and_text_tokens(model: Aligner, images: list[np.ndarray], captions: list[str]):
     net = model.model
-    pixels = model.preprocess(images)
+    pixels = model.transform(images)
     image_weights = net.image_head(net.vision(pixels))[1]["fdt_weights"]  # [N, K]
     ids, mask = model.tokenizer(captions, model.config.data.context_length)
     text = net.text(ids, mask)

@@ -75,7 +75,7 @@ def _qa_items(source: ShapesQA, limit: int) -> list[int]:
     return list(range(min(limit, len(source))))
 
 
-@task("vqa", generative=True)
+@task("vqa", generative=True, shapes_world=True)
 def vqa(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Exact-match accuracy of greedy answers about held-out scenes, by question type."""
     _needs_images(model, "vqa")
@@ -90,7 +90,7 @@ def vqa(model: VisualAssistant, spec: str | None) -> TaskResult:
         [r["labels"] for r in rows], [r["accuracy"] for r in rows], "exact-match accuracy", "VQA (held-out scenes)")})
 
 
-@task("text-qa", generative=True)
+@task("text-qa", generative=True, shapes_world=True)
 def text_qa(model: VisualAssistant, spec: str | None) -> TaskResult:
     """The vqa questions with the scene's caption as text instead of the image (text-only ability)."""
     spec, source = _questions(model, spec)
@@ -135,7 +135,7 @@ def _eval_scenes(model: VisualAssistant, spec: str | None) -> tuple[str, list]:
     return spec, [world[i] for i in range(n)]
 
 
-@task("caption", generative=True)
+@task("caption", generative=True, shapes_world=True)
 def caption(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Attribute recall and precision of greedy captions of held-out scenes."""
     _needs_images(model, "caption")
@@ -153,7 +153,7 @@ def caption(model: VisualAssistant, spec: str | None) -> TaskResult:
     return TaskResult([result])
 
 
-@task("alignment", generative=True)
+@task("alignment", generative=True, shapes_world=True)
 def alignment(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Cosine similarity of projected image features to related vs unrelated LM token embeddings."""
     _needs_images(model, "alignment")
@@ -203,7 +203,7 @@ def alignment_diagnostic(model: VisualAssistant, samples: list) -> dict[str, flo
 MIR_SCENES = 128  # held-out scenes for mir-vlm: ~128 x (P + L) tokens per layer, enough for stable covariances
 
 
-@task("mir-vlm", generative=True)
+@task("mir-vlm", generative=True, shapes_world=True)
 def mir_vlm(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Modality Integration Rate of the language model (METHODS.md, seed row 37): per decoder layer, the
     Fréchet distance between the image-prefix tokens and the caption tokens of held-out scenes; lower

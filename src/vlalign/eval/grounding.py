@@ -76,7 +76,7 @@ def candidate_scores(model: Aligner, images: list, image_index: list[int], texts
     return scores.view(-1, BLOCKS)
 
 
-@task("grounding")
+@task("grounding", shapes_world=True)
 def grounding(model: Aligner, spec: str | None) -> TaskResult:
     """Top-1 of the true block among nine, for PTP's block prompts and for caption phrasing."""
     spec, images, _, image_index, objects, blocks = load_scene_items(model, spec, "grounding")

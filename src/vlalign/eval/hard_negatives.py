@@ -190,7 +190,7 @@ def _scenes_spec(model: Aligner, n: int) -> str:
     return single.replace(",objects=1,", ",objects=1-3,").replace("seed=2", "seed=5")
 
 
-@task("compositional-negatives")
+@task("compositional-negatives", shapes_world=True)
 def compositional_negatives(model: Aligner, spec: str | None) -> TaskResult:
     """True caption vs one hard negative per type (attribute/object replaced, attribute/relation/order
     swapped) on shapes scenes; accuracy per negative type, chance 0.5."""

@@ -96,7 +96,7 @@ def dual_encoder_hidden(model: Aligner, images, captions: list[str]) -> tuple[li
         if not hasattr(head, "proj"):
             raise DataError(f"The dual-encoder MIR reads tokens through a linear head; {type(head).__name__} has "
                             "no .proj. Use a run with the default PooledProjection head.")
-    vision = net.vision(model.preprocess(images))
+    vision = net.vision(model.transform(images))
     ids, mask = model.tokenizer(captions, model.config.data.context_length)
     text = net.text(ids, mask)
     layers = min(len(vision.intermediates), len(text.intermediates))

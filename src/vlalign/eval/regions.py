@@ -51,7 +51,7 @@ def select_regions(model: Aligner, images: Sequence[np.ndarray], queries: Sequen
     return region_scores(model, cell_embeddings(model, images), queries).topk(k, dim=1).indices
 
 
-@task("region-select")
+@task("region-select", shapes_world=True)
 def region_select(model: Aligner, spec: str | None) -> TaskResult:
     """Top-1 of the named object's cell among the nine, selected by the query "a <size> <colour> <shape>"."""
     spec, images, samples, image_index, objects, blocks = load_scene_items(model, spec, "region-select")

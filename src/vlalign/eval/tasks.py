@@ -3,7 +3,9 @@ spec, and returns JSON metrics (one dict per result, each with a ``"task"`` key)
 
 Register a new task with ``@task("name")``; ``vlalign eval --task name`` runs it. Tasks for
 generative runs (``model.arch`` "lm" or "vlm", loaded as ``vlalign.api.VisualAssistant``) register
-with ``@task("name", generative=True)`` and live in ``eval/generative.py``.
+with ``@task("name", generative=True)`` and live in ``eval/generative.py``. A task whose default data
+is the shapes world (held-out colour-shape combinations, scenes with known objects) registers with
+``shapes_world=True``: a run trained on other data skips it, with the reason, unless data is given.
 """
 
 from __future__ import annotations
@@ -30,20 +32,41 @@ from vlalign.eval.zeroshot import PromptBank, classification_metrics
 class TaskResult:
     results: list[dict]  # JSON-able; every dict has "task"
     figures: dict[str, bytes] = field(default_factory=dict)  # title -> PNG
+    skipped: list[str] = field(default_factory=list)  # one line per task that did not apply: "task: why"
 
 
 TASKS: dict[str, Callable[[Aligner, str | None], TaskResult]] = {}
 GENERATIVE_TASKS: set[str] = set()  # tasks that take a generative model instead of an Aligner
+SHAPES_WORLD_TASKS: set[str] = set()  # tasks whose default data is the shapes world
 
 
-def task(name: str, generative: bool = False):
+def task(name: str, generative: bool = False, shapes_world: bool = False):
     def wrap(fn: Callable[[Aligner, str | None], TaskResult]):
         TASKS[name] = fn
         if generative:
             GENERATIVE_TASKS.add(name)
+        if shapes_world:
+            SHAPES_WORLD_TASKS.add(name)
         return fn
 
     return wrap
+
+
+def is_shapes_world(spec: str) -> bool:
+    """Whether the data spec ``spec`` gives shapes-world scenes (its first sample has a ``scene``)."""
+    try:
+        return "scene" in build_source(spec)[0].meta
+    except CorruptSample:
+        return False
+
+
+def _skip_reason(model: Aligner, name: str) -> str | None:
+    """Why task ``name`` does not apply to ``model`` on its default data, or None when it does."""
+    train = model.config.data.train
+    if name in SHAPES_WORLD_TASKS and not is_shapes_world(train):
+        return (f"{name}: skipped, it scores the shapes world and this run trained on {train}; "
+                f"--task {name} --data SPEC runs it on other data")
+    return None
 
 
 def load_arrays(source: Source, limit: int | None = None) -> tuple[list[np.ndarray], list[str], list[int], list]:
@@ -185,7 +208,7 @@ def zeroshot(model: Aligner, spec: str | None) -> TaskResult:
     return _classify(model, "zeroshot", spec, build_source(spec), model.config.eval.zeroshot_n)
 
 
-@task("compositional")
+@task("compositional", shapes_world=True)
 def compositional(model: Aligner, spec: str | None) -> TaskResult:
     """Zero-shot on colour-shape combinations held out from training (the compositional split)."""
     spec = spec or _shapes_eval_spec(model, model.config.eval.zeroshot_n, "only")
@@ -223,7 +246,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     spec = spec or labelled_eval_spec(model)
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
-    pixels = model.preprocess(images)  # [N, C, H, W], every channel
+    pixels = model.transform(images)  # [N, C, H, W], every channel
     if model.config.objective.name in ("supervised", "gpt4image"):  # trained classifier heads
         method, score = "head", model.model.classify_image
     else:
@@ -261,8 +284,13 @@ def run_tasks(model: Aligner, names: list[str], spec: str | None = None) -> Task
                         f"'{model.config.model.arch}'). Tasks for it: {', '.join(fitting)}.")
     combined = TaskResult([])
     for name in names:
+        reason = None if spec else _skip_reason(model, name)
+        if reason:
+            combined.skipped.append(reason)
+            continue
         with torch.inference_mode():
             out = TASKS[name](model, spec)
         combined.results += out.results
         combined.figures |= out.figures
+        combined.skipped += out.skipped
     return combined

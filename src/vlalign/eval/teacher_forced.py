@@ -57,7 +57,7 @@ def teacher_forced(model: VisualAssistant, images: list | None, texts: list[str]
     return torch.cat(truths), torch.cat(predictions), torch.cat(losses)
 
 
-@task("caption-tokens", generative=True)
+@task("caption-tokens", generative=True, shapes_world=True)
 def caption_tokens(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Teacher-forced accuracy on the colour and shape words of held-out captions, and caption cross-entropy."""
     _needs_images(model, "caption-tokens")
@@ -70,7 +70,7 @@ def caption_tokens(model: VisualAssistant, spec: str | None) -> TaskResult:
                         "caption_loss": loss.mean().item()}])
 
 
-@task("text-tokens", generative=True)
+@task("text-tokens", generative=True, shapes_world=True)
 def text_tokens(model: VisualAssistant, spec: str | None) -> TaskResult:
     """Text only: next-token accuracy and cross-entropy on held-out caption-question-answer documents."""
     spec, source = _questions(model, spec)

@@ -6,9 +6,10 @@ overrides. Register a new one with ``@recipe``; its docstring's first line is it
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
-from vlalign.config import RunConfig, validate
+from vlalign.config import RunConfig, apply_overrides, merge_dict, read_yaml, validate
 from vlalign.errors import ConfigError
 
 RECIPES: dict[str, Callable[[], RunConfig]] = {}
@@ -32,7 +33,40 @@ def get_recipe(name: str) -> RunConfig:
 
 
 def describe(name: str) -> str:
-    return (RECIPES[name].__doc__ or "").strip().splitlines()[0]
+    """The first paragraph of the recipe's docstring, as one line."""
+    return " ".join((RECIPES[name].__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def resolve_config(recipe: str | None = None, config: str | Path | None = None,
+                   overrides: Sequence[str] = ()) -> RunConfig:
+    """A run's config: the recipe (``recipe``, else the one the YAML file names with ``recipe: NAME``, else
+    the default), the YAML file ``config`` on top, then the ``key=value`` overrides."""
+    data = read_yaml(config) if config else {}
+    named = data.pop("recipe", None)
+    if recipe and named and named != recipe:
+        raise ConfigError(f"--recipe {recipe} and {config}'s 'recipe: {named}' disagree; keep one of them.")
+    cfg = get_recipe(recipe or named or DEFAULT_RECIPE)
+    if data:
+        cfg = merge_dict(cfg, data, str(config))
+    return apply_overrides(cfg, list(overrides))
+
+
+def check_stages(cfg: RunConfig) -> None:
+    """Runs this config starts from that a recipe makes at its default place (``runs/NAME``) must exist;
+    if one does not, say which recipe to train first."""
+    for key, path in stage_paths(cfg):
+        name = Path(path).name
+        if Path(path) == Path("runs") / name and name in RECIPES and not Path(path).exists():
+            raise ConfigError(f"{key} names {path}, which does not exist yet: train it first with "
+                              f"`vlalign train --recipe {name}` (or point {key} at another run).")
+
+
+def stage_paths(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(config key, run directory) of every earlier run ``cfg`` reads."""
+    pairs = [("model.init_from", path) for path in cfg.model.init_from]
+    pairs += [(key, path) for key, path in (("model.vlm.inherit_vpg", cfg.model.vlm.inherit_vpg),
+                                             ("model.text.tokenizer_from", cfg.model.text.tokenizer_from)) if path]
+    return pairs
 
 
 @recipe
@@ -531,8 +565,29 @@ def _vpg_stage(init_from: list[str]) -> RunConfig:
 
 
 @recipe
+def vpg_small() -> RunConfig:
+    """VPGTrans stage 0: the VPG to transfer, a stage-1 VLM on the small LM (runs/lm-pretrain) with a 64-wide
+    connector; vpgtrans-warmup inherits it."""
+    cfg = cgvlm_stage1_gen()
+    cfg.model.vlm.connector_width = 64
+    cfg.eval.tasks = ["caption-tokens"]
+    return cfg
+
+
+@recipe
+def lm_pretrain_mini() -> RunConfig:
+    """VPGTrans's larger LM: lm-pretrain with the lm-mini decoder and runs/lm-pretrain's tokenizer (the word
+    converter pairs the two LMs' token embeddings)."""
+    cfg = lm_pretrain()
+    cfg.model.vlm.decoder = "lm-mini"
+    cfg.model.text.tokenizer_from = "runs/lm-pretrain"
+    return cfg
+
+
+@recipe
 def vpgtrans_warmup() -> RunConfig:
-    """VPGTrans stage 1: inherit runs/vpg-small's VPG, word-converter projector, train only it at 5x lr (lm-mini)."""
+    """VPGTrans stage 1: inherit runs/vpg-small's VPG into runs/lm-pretrain-mini, word-converter projector,
+    train only it at 5x lr."""
     cfg = _vpg_stage(["runs/lm-pretrain-mini"])
     cfg.model.vlm.inherit_vpg = "runs/vpg-small"
     cfg.model.vlm.projector_init = "word-converter"

@@ -27,10 +27,12 @@ PEAK_PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
 
 
 class MetricsLog:
-    """Appends records to ``metrics.jsonl`` on rank 0; on resume, forgets what came after the checkpoint."""
+    """Appends records to ``metrics.jsonl`` on rank 0, and passes them to ``sinks`` (``vlalign.train.sinks``);
+    on resume, forgets what came after the checkpoint."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.sinks: list = []
 
     def truncate(self, step: int) -> None:
         """Keep records up to ``step``; also drops a line torn by a kill mid-write."""
@@ -51,6 +53,12 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            for sink in self.sinks:
+                sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 class Throughput:

@@ -27,7 +27,7 @@ from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_sta
 from vlalign.data.teacher_view import TeacherView
 from vlalign.data.text_mixture import MixtureLoader
 from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView, View
-from vlalign.errors import ConfigError
+from vlalign.errors import CheckpointError, ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
 from vlalign.models.hf_text import copy_hf_tokenizer, is_hf_tower
@@ -121,9 +121,9 @@ class Components:
 
 
 def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokenizer:
-    """Load the run's tokenizer if it exists (resume); else inherit the one of the language model or text
-    tower this run starts from (``model.init_from``: the vocabulary belongs to its embeddings), or train
-    one on the training texts. Then save it with the run."""
+    """Load the run's tokenizer if it exists (resume); else take the one of ``model.text.tokenizer_from``, or
+    inherit the one of the language model or text tower this run starts from (``model.init_from``: the
+    vocabulary belongs to its embeddings), or train one on the training texts. Then save it with the run."""
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
@@ -131,7 +131,12 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
-    if cfg.model.arch == "dual-encoder":
+    if cfg.model.text.tokenizer_from:
+        inherited = Path(cfg.model.text.tokenizer_from)
+        if not (inherited / TOKENIZER_FILE).is_file():
+            raise CheckpointError(f"model.text.tokenizer_from: {inherited} has no {TOKENIZER_FILE}; train that run "
+                                  "first, or point model.text.tokenizer_from at its --out directory.")
+    elif cfg.model.arch == "dual-encoder":
         inherited = text_tower_source(cfg.model.init_from, cfg.model.init_modules)
     else:
         inherited = language_model_source(cfg.model.init_from)

@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from vlalign import dist
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
+from vlalign.progress import progress as progress_bar
 from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.curriculum import resize_batch, resolution_at
@@ -39,6 +39,7 @@ from vlalign.train.optim import build_optimizer, set_implementation
 from vlalign.train.precision import precision_name, resolve_precision
 from vlalign.train.resume import check_resumable, restore, save
 from vlalign.train.setup import build_components, resolve_threads, seed_everything
+from vlalign.train.sinks import open_sinks
 from vlalign.train.step import TrainState, batch_size, forward_kwargs, train_step
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,14 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     metrics.truncate(state.step)
     if state.step >= cfg.train.steps:
         return state
+    if dist.is_main():
+        metrics.sinks = open_sinks(cfg, run_dir, state.step)
 
     if parts.heldout is not None and state.step == 0:  # the LM's text loss before this run changes it
         metrics.write({"step": 0, "samples_seen": 0, "text/heldout_loss": parts.heldout.loss(model)})
     throughput = Throughput(dist.world_size())
-    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not (progress and dist.is_main()),
-               desc="train", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=cfg.train.steps, initial=state.step, disable=not (progress and dist.is_main()),
+                       desc="train", unit="step")
     batches = iter(loader)
     measured_size = None
     with sigterm_flag() as stop_requested:
@@ -120,8 +123,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                 teachers.update(model)
             if step_metrics is not None:  # the update was applied (not a skipped non-finite step)
                 throughput.pairs += batch_size(batch) * dist.world_size()
+                bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")  # before update: its line shows this step's loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
                     metrics.write({"step": state.step, **step_metrics, **throughput.record(),
                                    "samples_seen": state.samples_seen, "epoch": loader.epoch,
@@ -135,9 +138,11 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
                 path = save(run_dir, model, optimizer, loader, state, cfg, strategy, ema)
             if stopping:
                 bar.close()
+                metrics.close()
                 raise GracefulStop(f"Stopped by SIGTERM at step {state.step}; checkpoint {path} is saved. "
                                    "Rerun the same command to resume.")
     bar.close()
+    metrics.close()
     return state
 
 
