@@ -2,7 +2,12 @@
 
 import json
 import math
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 
 import pytest
 from reliability_helpers import assert_same_checkpoint
@@ -11,6 +16,8 @@ from vlalign.checkpoint import latest_checkpoint
 from vlalign.cli import main
 from vlalign.errors import ConfigError, VlalignError
 from vlalign.eval.aggregate import aggregate, flatten_results, stats, summarize
+from vlalign.train import GracefulStop
+from vlalign.train.processes import run_in_processes
 from vlalign.train.seeds import parse_seeds
 
 
@@ -138,3 +145,22 @@ def test_seed_sweep_end_to_end_skips_finished_seeds_and_resumes_interrupted_ones
     for seed in (0, 1):
         assert_same_checkpoint(out / f"seed-{seed}" / "checkpoints" / "step-20", tmp_path / f"step-20-seed-{seed}")
         assert json.loads((out / f"seed-{seed}" / "eval.json").read_text())["step"] == 20
+
+
+def test_a_failed_job_is_named_and_no_new_job_starts_after_it():
+    started = time.monotonic()
+    with pytest.raises(VlalignError, match=r"seed 1 \(exit code 5\) failed"):
+        run_in_processes({"seed 1": (sys.exit, (5,)), "seed 2": (time.sleep, (600,))}, workers=1)
+    assert time.monotonic() - started < 300  # seed 2 never started
+
+
+def test_sigterm_stops_the_running_jobs_and_starts_no_new_one():
+    started = time.monotonic()
+    sigterm = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    sigterm.start()
+    try:
+        with pytest.raises(GracefulStop):
+            run_in_processes({"seed 0": (time.sleep, (60,)), "seed 1": (time.sleep, (60,))}, workers=1)
+    finally:
+        sigterm.cancel()
+    assert time.monotonic() - started < 30  # seed 0 was stopped, seed 1 never started

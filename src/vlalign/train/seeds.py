@@ -4,7 +4,8 @@ into ``out/seeds.json``, ``out/seeds.md`` and ``out/report.html`` (``vlalign.eva
 
 Rerunning skips the seeds that are finished (trained to ``train.steps`` and evaluated at that step) and
 resumes an interrupted one from its newest complete checkpoint, as ``vlalign train`` does for one run.
-With ``parallel=N`` the seeds train in N processes at once, ``train.threads`` shared between them.
+With ``parallel=N`` the seeds train in N processes at once, ``train.threads`` shared between them
+(``vlalign.train.processes``: SIGTERM stops them all at a step boundary, saved).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig
 from vlalign.errors import ConfigError
 from vlalign.eval.aggregate import Summary, markdown_table, summarize
+from vlalign.train.processes import run_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,8 @@ def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, evaluate: bo
             train_and_evaluate(seed_config(cfg, seed), seed_dir(out, seed), evaluate, progress)
     else:
         threads = split_threads(cfg.train.threads, workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            jobs = {pool.submit(train_and_evaluate, seed_config(cfg, seed, threads), seed_dir(out, seed), evaluate,
-                                False): seed for seed in pending}
-            for job in as_completed(jobs):
-                job.result()  # a seed's error stops the sweep here (finished seeds stay finished)
-                say(f"seed {jobs[job]}: done")
+        run_in_processes({f"seed {seed}": (train_and_evaluate, (seed_config(cfg, seed, threads), seed_dir(out, seed),
+                                                                evaluate, False)) for seed in pending}, workers, say)
     if not evaluate:
         return None
     summary = summarize({str(seed): seed_dir(out, seed) for seed in seeds})
