@@ -245,8 +245,9 @@ WEIGHTS = ("auto", "model", "ema")
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str = "auto",
          compile: bool = False, int8: bool = False) -> Aligner | VisualAssistant:
-    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
-    exported Hugging Face-style directory).
+    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, an exported
+    directory, a Hugging Face CLIP directory, or a checkpoint spec ``hf-clip:DIR`` / ``open-clip:FILE,...``:
+    ``vlalign.pretrained``).
 
     ``weights``: "auto" takes the moving average of the weights when the run trained one
     (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
@@ -265,8 +266,13 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str
 
 def _load(run_dir: str | Path, checkpoint: str | Path | None, weights: str) -> Aligner | VisualAssistant:
     from vlalign.export import is_hf_export, load_hf_export
+    from vlalign.pretrained import HF_CLIP, is_external, is_hf_clip_dir, load_external
 
+    if is_external(run_dir):  # hf-clip:DIR or open-clip:FILE,...
+        return load_external(run_dir)
     run_dir = Path(run_dir)
+    if checkpoint is None and is_hf_clip_dir(run_dir):  # a CLIPModel directory, e.g. a CLIP-architecture export
+        return load_external(HF_CLIP + str(run_dir))
     if checkpoint is None and is_hf_export(run_dir):  # a `vlalign export --format hf` directory
         return load_hf_export(run_dir)
     if (run_dir / "COMMITTED").is_file() and checkpoint is None:  # pointed at a checkpoint directory

@@ -37,6 +37,7 @@ from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.models.vpg_transfer import inherit_vpg
 from vlalign.objectives import Objective, build_objective
+from vlalign.pretrained import external_init, open_checkpoint
 from vlalign.train.acceleration import enable_grad_checkpointing
 from vlalign.train.continual import ContinualTeachers
 from vlalign.train.vq import pretrain_tokenizer
@@ -101,6 +102,9 @@ def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list
 
 
 def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
+    spec = external_init(cfg)
+    if spec is not None:  # a pretrained CLIP reads pixels normalised as in its pre-training
+        return open_checkpoint(spec).transform()
     if cfg.data.normalization == "per_channel":
         mean, std = channel_statistics(source)
     else:
@@ -131,6 +135,12 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
+    spec = external_init(cfg)
+    if spec is not None:  # so does a pretrained CLIP
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = open_checkpoint(spec).tokenizer()
+        tokenizer.save(path)
+        return tokenizer
     if cfg.model.arch == "dual-encoder":
         inherited = text_tower_source(cfg.model.init_from, cfg.model.init_modules)
     else:

@@ -29,6 +29,7 @@ from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
+from vlalign.pretrained import adopt_init
 from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.curriculum import resize_batch, resolution_at
@@ -55,6 +56,7 @@ class GracefulStop(VlalignError):
 
 def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> TrainState:
     run_dir = Path(run_dir)
+    cfg = adopt_init(cfg)  # a run from an outside CLIP checkpoint takes its architecture
     check_layout(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic, resolve_threads(cfg.train.threads, local_world_size()))
     if cfg.train.keep_heap:
