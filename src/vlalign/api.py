@@ -265,7 +265,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str
 
 
 def _load(run_dir: str | Path, checkpoint: str | Path | None, weights: str) -> Aligner | VisualAssistant:
-    from vlalign.export import is_hf_export, load_hf_export
+    from vlalign.export import is_vlalign_export, load_vlalign_export
     from vlalign.pretrained import HF_CLIP, is_external, is_hf_clip_dir, load_external
 
     if is_external(run_dir):  # hf-clip:DIR or open-clip:FILE,...
@@ -273,8 +273,8 @@ def _load(run_dir: str | Path, checkpoint: str | Path | None, weights: str) -> A
     run_dir = Path(run_dir)
     if checkpoint is None and is_hf_clip_dir(run_dir):  # a CLIPModel directory, e.g. a CLIP-architecture export
         return load_external(HF_CLIP + str(run_dir))
-    if checkpoint is None and is_hf_export(run_dir):  # a `vlalign export --format hf` directory
-        return load_hf_export(run_dir)
+    if checkpoint is None and is_vlalign_export(run_dir):  # `vlalign export --format hf` of another architecture
+        return load_vlalign_export(run_dir)
     if (run_dir / "COMMITTED").is_file() and checkpoint is None:  # pointed at a checkpoint directory
         checkpoint, run_dir = run_dir, run_dir.parent.parent
     config_path = run_dir / "config.yaml"

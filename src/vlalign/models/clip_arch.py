@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from vlalign.config import RunConfig, validate
 from vlalign.errors import CheckpointError
 from vlalign.models.layers import ACTIVATIONS
-from vlalign.models.registry import TEXT_SIZES, VISION_SIZES, spell_size
+from vlalign.models.registry import TEXT_SIZES, VISION_SIZES, spell_size, text_size, vision_size
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which every vlalign norm uses
 
@@ -89,3 +89,38 @@ def adopt(cfg: RunConfig, arch: ClipArchitecture, vocab_size: int) -> RunConfig:
     t.committee, t.depth, t.prefix_tokens = 1, 0, 0
     cfg.data.image_size, cfg.data.context_length = arch.image_size, arch.context_length
     return validate(cfg, "the converted CLIP checkpoint's architecture")
+
+
+def architecture_of(cfg: RunConfig, vocab_size: int) -> ClipArchitecture:
+    """The inverse of ``adopt``: the architecture of ``cfg``'s towers (a config ``clip_blockers`` passes), with
+    ``vocab_size`` tokens in CLIP's numbering."""
+    m = cfg.model
+    v, t = vision_size(m.vision.size), text_size(m.text.size)
+    text_depth = m.text.depth or t.depth
+    return ClipArchitecture(
+        vision=ClipTower(v.width, v.depth, v.heads, round(v.width * v.mlp_ratio), m.vision.activation),
+        text=ClipTower(t.width, text_depth, t.heads, round(t.width * t.mlp_ratio), m.text.activation),
+        image_size=cfg.data.image_size, patch_size=m.vision.patch_size, channels=m.vision.in_channels,
+        vocab_size=vocab_size, context_length=cfg.data.context_length, embed_dim=m.embed_dim)
+
+
+def clip_blockers(cfg: RunConfig) -> list[str]:
+    """Why ``CLIPModel`` cannot express this run's embeddings (empty: it can). LoRA merges into the weights;
+    a patch-embedding bias folds into the positions (``vlalign.models.clip_names``); the sigmoid loss's logit
+    bias has no place in CLIP and is left out (the embeddings do not read it)."""
+    m, v, t = cfg.model, cfg.model.vision, cfg.model.text
+    needs = {
+        "model.arch=dual-encoder": m.arch == "dual-encoder",
+        "model.head=projection": m.head == "projection",
+        "model.vision.ln_pre=true": v.ln_pre,
+        "model.vision.patch_embed=standard with 3 channels": v.patch_embed == "standard" and v.in_channels == 3,
+        "model.vision.pool=cls": v.pool == "cls",
+        "no token merging": not v.merge_r and not any(v.merge_schedule),
+        "model.video.frames=0": not m.video.frames,
+        "model.text.tower=vlalign, pool=eot, one tower without prefix":
+            t.tower == "vlalign" and t.pool == "eot" and t.committee == 1 and not t.prefix_tokens,
+        "model.adapter.kind none, lora or rank-lora (merged)": m.adapter.kind in ("none", "lora", "rank-lora"),
+        "no fusion layers, classifier or extra heads":
+            m.fusion.kind == "none" and not m.num_classes and not m.description_dim and not m.attribute_streams,
+    }
+    return [need for need, met in needs.items() if not met]
