@@ -20,6 +20,7 @@ from vlalign.config import RunConfig, from_dict
 from vlalign.data.generative import encode_prompts
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
+from vlalign.device import model_device, resolve_device, to_device
 from vlalign.errors import CheckpointError, VlalignError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.factory import num_image_tokens
@@ -38,7 +39,9 @@ class Aligner:
     """A loaded model. ``encode_image`` / ``encode_text`` take raw inputs and return unit-norm embeddings.
 
     Inference runs under ``torch.inference_mode`` with pooled-only towers (the last block computes the
-    CLS / EOT token alone). On CPU, images go through the vision tower in cache-sized chunks
+    CLS / EOT token alone), on the model's device (``vlalign.load(..., device=...)``); embeddings come back
+    where their inputs were: on the host for texts, arrays and images (ready for numpy, safetensors and the
+    evaluation code), on the GPU for a pixel tensor passed on the GPU. On CPU, images go through the vision tower in cache-sized chunks
     (``CPU_CHUNK_TOKENS``). Texts are encoded longest first in chunks of about ``max_tokens`` real
     tokens, each chunk cut to its longest caption, so short captions do not pay for a long context;
     the embeddings come back in the input order. ``compile()`` adds ``torch.compile``.
@@ -101,10 +104,10 @@ class Aligner:
         while start < len(order):
             longest = max(int(mask[order[start]].sum()), 1)
             rows = order[start : start + max(1, min(batch_size, max_tokens // longest))]
-            embeds = self._encode_text(ids[rows, :longest], mask[rows, :longest])  # [n, E]
+            embeds = self._encode_text(ids[rows, :longest].to(self.device), mask[rows, :longest].to(self.device))
             if out is None:
-                out = embeds.new_empty(len(ids), embeds.shape[1])
-            out[rows.to(embeds.device)] = embeds
+                out = torch.empty(len(ids), embeds.shape[1], dtype=embeds.dtype, device=ids.device)
+            out[rows] = embeds.to(ids.device)  # [n, E]
             start += len(rows)
         return out if out is not None else torch.empty(0, self.embed_dim)
 
@@ -119,14 +122,15 @@ class Aligner:
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
-            out += [self._encode_image(part) for part in pixels.split(self._images_per_call(pixels, max_tokens))]
+            out += [self._encode_image(part.to(self.device)).to(part.device)
+                    for part in pixels.split(self._images_per_call(pixels, max_tokens))]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     def _images_per_call(self, pixels: torch.Tensor, max_tokens: int | None) -> int:
         """Images per tower call for ``pixels`` [B, C, H, W] (or clips [B, T, C, H, W]): about ``max_tokens``
         tokens, CLS included."""
         if max_tokens is None:
-            if next(self.model.parameters()).device.type != "cpu":
+            if self.device.type != "cpu":
                 return max(1, len(pixels))  # an accelerator wants the largest batch
             max_tokens = CPU_CHUNK_TOKENS
         frames = pixels.shape[1] if pixels.ndim == 5 else 1
@@ -145,9 +149,9 @@ class Aligner:
         tokens, masks = [], []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[i : i + batch_size]), self.config.data.context_length)
-            out = self.model.text_token_embeds(ids, mask)
-            tokens.append(out[0])
-            masks.append(out[1])
+            out = self.model.text_token_embeds(ids.to(self.device), mask.to(self.device))
+            tokens.append(out[0].to(ids.device))
+            masks.append(out[1].to(ids.device))
         return torch.cat(tokens), torch.cat(masks)
 
     @torch.inference_mode()
@@ -157,13 +161,19 @@ class Aligner:
         tokens, masks = [], []
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
-            out = self.model.image_token_embeds(chunk if torch.is_tensor(chunk) else self.transform(list(chunk)))
-            tokens.append(out[0])
-            masks.append(out[1])
+            pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
+            out = self.model.image_token_embeds(pixels.to(self.device))
+            tokens.append(out[0].to(pixels.device))
+            masks.append(out[1].to(pixels.device))
         return torch.cat(tokens), torch.cat(masks)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.transform(list(images))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the towers run."""
+        return model_device(self.model)
 
     @property
     def embed_dim(self) -> int:
@@ -194,7 +204,8 @@ class VisualAssistant:
         """
         if images is not None and len(images) != len(prompts):
             raise VlalignError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = model_device(self.model)
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
             ids, mask = encode_prompts(self.tokenizer, list(prompts[i : i + batch_size]),
@@ -204,8 +215,9 @@ class VisualAssistant:
                 chunk = images[i : i + batch_size]
                 pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
             room = self.config.data.context_length + 1 - ids.shape[1]  # the decoder's context after the prefix
-            new = self.model.generate(pixels, ids, mask, min(max_new_tokens or room, room), self.tokenizer.eos_id,
-                                      temperature, top_k, generator)
+            new = self.model.generate(to_device(pixels, device), ids.to(device), mask.to(device),
+                                      min(max_new_tokens or room, room), self.tokenizer.eos_id, temperature, top_k,
+                                      generator)
             out += [self.tokenizer.decode(_until_eos(row, self.tokenizer.eos_id)) for row in new.tolist()]
         return out
 
@@ -221,7 +233,7 @@ class VisualAssistant:
     def project_images(self, images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
         """Connector outputs, the vectors the language model reads: [N, P, D]."""
         pixels = images if torch.is_tensor(images) else self.transform(list(images))
-        return self.model.project_images(pixels)[0]
+        return self.model.project_images(pixels.to(model_device(self.model)))[0].to(pixels.device)
 
 
 def _chosen_weights(tensors: dict, checkpoint: Path, weights: str, run_has_ema: bool) -> dict:
@@ -244,7 +256,7 @@ WEIGHTS = ("auto", "model", "ema")
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str = "auto",
-         compile: bool = False, int8: bool = False) -> Aligner | VisualAssistant:
+         compile: bool = False, int8: bool = False, device: str | None = None) -> Aligner | VisualAssistant:
     """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, an exported
     directory, a Hugging Face CLIP directory, or a checkpoint spec ``hf-clip:DIR`` / ``open-clip:FILE,...``:
     ``vlalign.pretrained``).
@@ -252,8 +264,12 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str
     ``weights``: "auto" takes the moving average of the weights when the run trained one
     (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
     average (an error if the checkpoint has none). ``int8``: ``Aligner.quantize_int8()`` (CPU inference in
-    int8, approximate); ``compile``: ``Aligner.compile()`` the encoders."""
+    int8, approximate); ``compile``: ``Aligner.compile()`` the encoders. ``device``: auto | cpu | cuda | cuda:N
+    (default: the run's ``train.device``, "auto" unless it was set: CUDA when available)."""
     loaded = _load(run_dir, checkpoint, weights)
+    loaded.model.to(resolve_device(device or loaded.config.train.device))
+    if int8 and model_device(loaded.model).type != "cpu":
+        raise VlalignError("int8=True runs the towers' int8 kernels on the CPU; load with device='cpu'.")
     for flag, name in ((int8, "int8"), (compile, "compile")):
         if flag and not isinstance(loaded, Aligner):
             raise VlalignError(f"{name}=True applies to dual-encoder runs; {run_dir} holds a generative model.")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vlalign.data.negatives import NEGATIVE_KINDS
+from vlalign.device import check_setting
 from vlalign.errors import ConfigError
 
 
@@ -351,6 +352,9 @@ class TrainConfig:
     # Keep freed memory in the process (glibc malloc) instead of returning it to the OS after every step: no
     # page faults on the next step's tensors; resident memory stays at the step's peak (train/heap.py)
     keep_heap: bool = True
+    # Where the model, batches and losses live: "auto" (this process's CUDA device when CUDA is available, else
+    # the CPU) | "cpu" | "cuda" | "cuda:N"; vlalign.load and eval / embed / serve follow it (vlalign.device)
+    device: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -474,6 +478,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
     if not cfg.model.vision.patch_bias and cfg.model.vision.patch_embed != "standard":
         raise ConfigError(f"In {source}: model.vision.patch_bias=false applies to the standard patch embedding; "
                           f"model.vision.patch_embed is '{cfg.model.vision.patch_embed}'.")
+    check_setting(cfg.train.device)
     if cfg.model.num_classes < 0:
         raise ConfigError(f"Config key 'model.num_classes' in {source} must be >= 0, got {cfg.model.num_classes}.")
     if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:

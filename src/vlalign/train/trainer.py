@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from vlalign import dist
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
+from vlalign.device import to_device
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
 from vlalign.pretrained import adopt_init
@@ -104,7 +105,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     with sigterm_flag() as stop_requested:
         while state.step < cfg.train.steps:
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = to_device(next(batches), parts.device)
             throughput.data_wait += time.perf_counter() - t0
             size = resolution_at(state.step, cfg.train.steps, cfg.data.resolution_schedule)
             batch = resize_batch(batch, size)
