@@ -2,6 +2,7 @@
 embedding for embedding (fp32 through differently ordered but identical arithmetic: differences of a few
 ulps of values of order 1, so 1e-5)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,20 @@ def test_clip_options_leave_the_default_model_as_it_was():
     assert "vision.patch_embed.proj.bias" in names and not any("ln_pre" in n for n in names)
     assert vision_size("w64-d2-h2-m96").mlp_ratio * 64 == 96
     assert vision_size("vit-b") == vision_size("w768-d12-h12-m3072")
+
+
+def test_eval_compares_a_run_and_a_clip_checkpoint_in_one_table(trained_tiny_run, tmp_path, capsys):
+    clip_model(tmp_path / "clip")
+    argv = ["eval", "--checkpoint", str(trained_tiny_run), "--model", f"hf-clip:{tmp_path / 'clip'}",
+            "--task", "retrieval", "--task", "compositional"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    rows = json.loads(out.out)
+    by_model = {(r["model"], r["task"]): r for r in rows}
+    clip = f"hf-clip:{tmp_path / 'clip'}"
+    for name in (clip, str(trained_tiny_run)):
+        assert 0 <= by_model[(name, "retrieval")]["i2t_R@1"] <= 1
+        # neither trained with held-out combinations: the task is skipped, with the reason, not the call ended
+        assert "holdout" in by_model[(name, "compositional")]["skipped"]
+    assert clip in out.err and str(trained_tiny_run) in out.err  # one table, both models
+    assert not (tmp_path / "clip" / "eval.json").exists()  # a checkpoint directory is not written to

@@ -42,18 +42,17 @@ CONFIG_FILE = "vlalign_config.json"  # not config.json: transformers would take 
 ARCHITECTURE = "VlalignDualEncoder"
 
 
-def export(checkpoint: str | Path, format: str, out: str | Path) -> Path:
+def export(checkpoint: str | Path, format: str, out: str | Path) -> str:
+    """Export ``checkpoint`` to ``out``; returns the layout written: "clip", "vlalign" or "torchscript"."""
     from vlalign.api import load
 
     if format not in FORMATS:
         raise VlalignError(f"Export format '{format}' is not one of: {', '.join(FORMATS)}.")
-    aligner = load(checkpoint)
-    out = Path(out)
+    aligner = load(checkpoint, device="cpu")  # exported files are written from host memory
     if format == "hf":
-        export_hf(aligner, out)
-    else:
-        export_torchscript(aligner, out)
-    return out
+        return export_hf(aligner, out)
+    export_torchscript(aligner, Path(out))
+    return "torchscript"
 
 
 def merged_config(cfg: RunConfig) -> RunConfig:
