@@ -8,7 +8,7 @@ from vlalign.api import load
 from vlalign.cli import main
 from vlalign.data.specs import build_source
 from vlalign.errors import CheckpointError
-from vlalign.export import export_hf, load_hf_export
+from vlalign.export import export_hf, load_vlalign_export
 from vlalign.recipes import get_recipe
 from vlalign.train import run_training
 
@@ -19,12 +19,15 @@ def _inputs(aligner):
 
 
 def test_hf_export_round_trip(trained_tiny_run, tmp_path):
+    """The tiny recipe has no ln_pre, which CLIPModel always applies: it exports in vlalign's own layout, with
+    no config.json that transformers would take for one of its models."""
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(trained_tiny_run), "--format", "hf", "--out", str(out)]) == 0
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "preprocessor_config.json"):
+    for name in ("vlalign_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json", "preprocess.json"):
         assert (out / name).is_file()
-    config = json.loads((out / "config.json").read_text())
+    assert not (out / "config.json").exists()
+    config = json.loads((out / "vlalign_config.json").read_text())
     assert config["projection_dim"] == 32 and config["architectures"] == ["VlalignDualEncoder"]
     original, exported = load(trained_tiny_run), load(out)
     images, captions = _inputs(original)
@@ -46,7 +49,7 @@ def test_lora_run_exports_merged_weights(tmp_path):
     export_hf(original, tmp_path / "hf")
     weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert not any("lora" in k for k in weights)
-    exported = load_hf_export(tmp_path / "hf")
+    exported = load_vlalign_export(tmp_path / "hf")
     assert exported.config.model.adapter.kind == "none"
     images, captions = _inputs(original)
     torch.testing.assert_close(exported.encode_image(images), original.encode_image(images), atol=1e-5, rtol=1e-5)
@@ -67,5 +70,5 @@ def test_torchscript_towers_match_eager(trained_tiny_run, tmp_path):
 
 
 def test_not_an_export_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="not a vlalign Hugging Face-style export"):
-        load_hf_export(tmp_path)
+    with pytest.raises(CheckpointError, match="not a vlalign export"):
+        load_vlalign_export(tmp_path)

@@ -22,6 +22,7 @@ from vlalign.data.generative import encode_prompts
 from vlalign.data.images import image_array, is_single_image
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
+from vlalign.device import model_device, resolve_device, to_device
 from vlalign.errors import CheckpointError, VlalignError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.factory import num_image_tokens
@@ -42,7 +43,9 @@ class Aligner:
     """A loaded model. ``encode_image`` / ``encode_text`` take raw inputs and return unit-norm embeddings.
 
     Inference runs under ``torch.inference_mode`` with pooled-only towers (the last block computes the
-    CLS / EOT token alone). On CPU, images go through the vision tower in cache-sized chunks
+    CLS / EOT token alone), on the model's device (``vlalign.load(..., device=...)``); embeddings come back
+    where their inputs were: on the host for texts, arrays and images (ready for numpy, safetensors and the
+    evaluation code), on the GPU for a pixel tensor passed on the GPU. On CPU, images go through the vision tower in cache-sized chunks
     (``CPU_CHUNK_TOKENS``). Texts are encoded longest first in chunks of about ``max_tokens`` real
     tokens, each chunk cut to its longest caption, so short captions do not pay for a long context;
     the embeddings come back in the input order. ``compile()`` adds ``torch.compile``.
@@ -107,10 +110,10 @@ class Aligner:
         while start < len(order):
             longest = max(int(mask[order[start]].sum()), 1)
             rows = order[start : start + max(1, min(batch_size, max_tokens // longest))]
-            embeds = self._encode_text(ids[rows, :longest], mask[rows, :longest])  # [n, E]
+            embeds = self._encode_text(ids[rows, :longest].to(self.device), mask[rows, :longest].to(self.device))
             if out is None:
-                out = embeds.new_empty(len(ids), embeds.shape[1])
-            out[rows.to(embeds.device)] = embeds
+                out = torch.empty(len(ids), embeds.shape[1], dtype=embeds.dtype, device=ids.device)
+            out[rows] = embeds.to(ids.device)  # [n, E]
             start += len(rows)
         return out if out is not None else torch.empty(0, self.embed_dim)
 
@@ -131,7 +134,8 @@ class Aligner:
         out = []
         for i in range(0, len(images), batch_size):
             pixels = self._pixels(images[i : i + batch_size])
-            out += [self._encode_image(part) for part in pixels.split(self._images_per_call(pixels, max_tokens))]
+            out += [self._encode_image(part.to(self.device)).to(part.device)
+                    for part in pixels.split(self._images_per_call(pixels, max_tokens))]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     def _pixels(self, images: Sequence[ImageInput] | torch.Tensor, crop: bool = False) -> torch.Tensor:
@@ -145,7 +149,7 @@ class Aligner:
         """Images per tower call for ``pixels`` [B, C, H, W] (or clips [B, T, C, H, W]): about ``max_tokens``
         tokens, CLS included."""
         if max_tokens is None:
-            if next(self.model.parameters()).device.type != "cpu":
+            if self.device.type != "cpu":
                 return max(1, len(pixels))  # an accelerator wants the largest batch
             max_tokens = CPU_CHUNK_TOKENS
         frames = pixels.shape[1] if pixels.ndim == 5 else 1
@@ -164,9 +168,9 @@ class Aligner:
         tokens, masks = [], []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[i : i + batch_size]), self.config.data.context_length)
-            out = self.model.text_token_embeds(ids, mask)
-            tokens.append(out[0])
-            masks.append(out[1])
+            out = self.model.text_token_embeds(ids.to(self.device), mask.to(self.device))
+            tokens.append(out[0].to(ids.device))
+            masks.append(out[1].to(ids.device))
         return torch.cat(tokens), torch.cat(masks)
 
     @torch.inference_mode()
@@ -175,9 +179,10 @@ class Aligner:
         """Images as for ``encode_image`` -> per-patch embeddings [N, T, E] and mask [N, T]."""
         tokens, masks = [], []
         for i in range(0, len(images), batch_size):
-            out = self.model.image_token_embeds(self._pixels(images[i : i + batch_size]))
-            tokens.append(out[0])
-            masks.append(out[1])
+            pixels = self._pixels(images[i : i + batch_size])
+            out = self.model.image_token_embeds(pixels.to(self.device))
+            tokens.append(out[0].to(pixels.device))
+            masks.append(out[1].to(pixels.device))
         return torch.cat(tokens), torch.cat(masks)
 
     def preprocess(self, images: ImageInput | Sequence[ImageInput], crop: bool = True) -> torch.Tensor:
@@ -190,6 +195,11 @@ class Aligner:
         if is_single_image(images):
             return self._pixels([images], crop)[0]
         return self._pixels(list(images), crop)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the towers run."""
+        return model_device(self.model)
 
     @property
     def embed_dim(self) -> int:
@@ -220,7 +230,8 @@ class VisualAssistant:
         """
         if images is not None and len(images) != len(prompts):
             raise VlalignError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = model_device(self.model)
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
             ids, mask = encode_prompts(self.tokenizer, list(prompts[i : i + batch_size]),
@@ -230,8 +241,9 @@ class VisualAssistant:
                 chunk = images[i : i + batch_size]
                 pixels = chunk if torch.is_tensor(chunk) else self.transform(list(chunk))
             room = self.config.data.context_length + 1 - ids.shape[1]  # the decoder's context after the prefix
-            new = self.model.generate(pixels, ids, mask, min(max_new_tokens or room, room), self.tokenizer.eos_id,
-                                      temperature, top_k, generator)
+            new = self.model.generate(to_device(pixels, device), ids.to(device), mask.to(device),
+                                      min(max_new_tokens or room, room), self.tokenizer.eos_id, temperature, top_k,
+                                      generator)
             out += [self.tokenizer.decode(_until_eos(row, self.tokenizer.eos_id)) for row in new.tolist()]
         return out
 
@@ -247,7 +259,7 @@ class VisualAssistant:
     def project_images(self, images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
         """Connector outputs, the vectors the language model reads: [N, P, D]."""
         pixels = images if torch.is_tensor(images) else self.transform(list(images))
-        return self.model.project_images(pixels)[0]
+        return self.model.project_images(pixels.to(model_device(self.model)))[0].to(pixels.device)
 
 
 def _chosen_weights(tensors: dict, checkpoint: Path, weights: str, run_has_ema: bool) -> dict:
@@ -270,15 +282,20 @@ WEIGHTS = ("auto", "model", "ema")
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str = "auto",
-         compile: bool = False, int8: bool = False) -> Aligner | VisualAssistant:
-    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, or an
-    exported Hugging Face-style directory).
+         compile: bool = False, int8: bool = False, device: str | None = None) -> Aligner | VisualAssistant:
+    """Load the newest committed checkpoint of ``run_dir`` (or the given ``checkpoint`` directory, an exported
+    directory, a Hugging Face CLIP directory, or a checkpoint spec ``hf-clip:DIR`` / ``open-clip:FILE,...``:
+    ``vlalign.pretrained``).
 
     ``weights``: "auto" takes the moving average of the weights when the run trained one
     (``train.ema_decay`` > 0), else the trained weights; "model" always the trained weights; "ema" the
     average (an error if the checkpoint has none). ``int8``: ``Aligner.quantize_int8()`` (CPU inference in
-    int8, approximate); ``compile``: ``Aligner.compile()`` the encoders."""
+    int8, approximate); ``compile``: ``Aligner.compile()`` the encoders. ``device``: auto | cpu | cuda | cuda:N
+    (default: the run's ``train.device``, "auto" unless it was set: CUDA when available)."""
     loaded = _load(run_dir, checkpoint, weights)
+    loaded.model.to(resolve_device(device or loaded.config.train.device))
+    if int8 and model_device(loaded.model).type != "cpu":
+        raise VlalignError("int8=True runs the towers' int8 kernels on the CPU; load with device='cpu'.")
     for flag, name in ((int8, "int8"), (compile, "compile")):
         if flag and not isinstance(loaded, Aligner):
             raise VlalignError(f"{name}=True applies to dual-encoder runs; {run_dir} holds a generative model.")
@@ -290,11 +307,16 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, weights: str
 
 
 def _load(run_dir: str | Path, checkpoint: str | Path | None, weights: str) -> Aligner | VisualAssistant:
-    from vlalign.export import is_hf_export, load_hf_export
+    from vlalign.export import is_vlalign_export, load_vlalign_export
+    from vlalign.pretrained import HF_CLIP, is_external, is_hf_clip_dir, load_external
 
+    if is_external(run_dir):  # hf-clip:DIR or open-clip:FILE,...
+        return load_external(run_dir)
     run_dir = Path(run_dir)
-    if checkpoint is None and is_hf_export(run_dir):  # a `vlalign export --format hf` directory
-        return load_hf_export(run_dir)
+    if checkpoint is None and is_hf_clip_dir(run_dir):  # a CLIPModel directory, e.g. a CLIP-architecture export
+        return load_external(HF_CLIP + str(run_dir))
+    if checkpoint is None and is_vlalign_export(run_dir):  # `vlalign export --format hf` of another architecture
+        return load_vlalign_export(run_dir)
     if (run_dir / "COMMITTED").is_file() and checkpoint is None:  # pointed at a checkpoint directory
         checkpoint, run_dir = run_dir, run_dir.parent.parent
     config_path = run_dir / "config.yaml"

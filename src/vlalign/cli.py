@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate a run; writes eval.json and "
                         "report.html into the run directory and prints the results as JSON.",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
+    ev.add_argument("--checkpoint", action="append", default=[], metavar="RUN",
+                    help="run directory (or one of its checkpoints/step-N, or an export); repeatable: one table")
+    ev.add_argument("--model", action="append", default=[], metavar="SPEC",
+                    help="a model from outside vlalign, repeatable: hf-clip:DIR (a Hugging Face CLIPModel directory) "
+                    "or open-clip:FILE,activation=quick_gelu|gelu,tokenizer=DIR (an open_clip state dict)")
     ev.epilog_from = eval_task_list
     ev.add_argument("--task", action="append", help="task to run (repeatable; the tasks are listed below); "
                     "default: the run's eval.tasks")
@@ -329,14 +333,14 @@ def print_seed_summary(summary, stream=None) -> None:
 
 
 def cmd_eval(args) -> int:
-    from vlalign.api import load
-    from vlalign.eval import evaluate
+    from vlalign.eval.compare import evaluate_models, table
 
-    model = load(args.checkpoint)
-    result = evaluate(model, args.task or model.config.eval.tasks, args.data)
-    print_skipped(result.skipped)
-    print(json.dumps(result.results, indent=1))
-    print_summary(result.results, stream=sys.stderr)
+    names = args.checkpoint + args.model
+    if not names:
+        raise VlalignError("vlalign eval: name a model with --checkpoint RUN or --model SPEC (either repeatable).")
+    models = evaluate_models(names, args.task, args.data)
+    print(json.dumps([row for m in models for row in m.rows()], indent=1))
+    print(table(models), file=sys.stderr)
     return 0
 
 
@@ -495,11 +499,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+LAYOUTS = {"clip": "a Hugging Face CLIPModel directory", "vlalign": "vlalign's own layout (a CLIPModel cannot express "
+           "this architecture)", "torchscript": "TorchScript towers"}
+
+
 def cmd_export(args) -> int:
     from vlalign.export import export
 
-    out = export(args.checkpoint, args.format, args.out)
-    print(f"exported {args.format} -> {out}")
+    layout = export(args.checkpoint, args.format, args.out)
+    print(f"exported {LAYOUTS[layout]} -> {args.out}")
     return 0
 
 

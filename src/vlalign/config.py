@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vlalign.data.negatives import NEGATIVE_KINDS
+from vlalign.device import check_setting
 from vlalign.errors import ConfigError
 
 
@@ -68,6 +69,11 @@ class VisionConfig:
     # Token merging (ToMe / SimVLG): merge this many similar tokens in every block (0 = off) ...
     merge_r: int = 0
     merge_schedule: list[int] = field(default_factory=list)  # ... or these many in block l (one count per block)
+    # CLIP's tower (what a converted CLIP checkpoint sets; vlalign.pretrained): a LayerNorm on the tokens before the
+    # first block, a bias-free patch embedding (standard only), and the MLP non-linearity, "gelu" | "quick_gelu"
+    ln_pre: bool = False
+    patch_bias: bool = True
+    activation: str = "gelu"
 
 
 @dataclass(kw_only=True)
@@ -90,6 +96,7 @@ class TextConfig:
     # whose outputs are averaged (1 = one tower); depth = blocks per tower (0 = model.text.size's own)
     committee: int = 1
     depth: int = 0
+    activation: str = "gelu"  # the blocks' MLP non-linearity: "gelu" | "quick_gelu" (OpenAI CLIP's)
 
 
 @dataclass(kw_only=True)
@@ -352,6 +359,9 @@ class TrainConfig:
     # RUN/tensorboard; pip install vlalign[tensorboard]), "wandb" (an offline W&B run in RUN/wandb, uploaded
     # later with `wandb sync`; pip install vlalign[wandb])
     log_to: list[str] = field(default_factory=list)
+    # Where the model, batches and losses live: "auto" (this process's CUDA device when CUDA is available, else
+    # the CPU) | "cpu" | "cuda" | "cuda:N"; vlalign.load and eval / embed / serve follow it (vlalign.device)
+    device: str = "auto"
 
 
 @dataclass(kw_only=True)
@@ -390,6 +400,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vision.channel_sampling_per": ("batch", "sample"),
     "model.vlm.connector": ("linear", "mlp"),
     "model.text.pool": ("eot", "mean"),
+    "model.vision.activation": ("gelu", "quick_gelu"),
+    "model.text.activation": ("gelu", "quick_gelu"),
     "model.head": ("projection", "fdt", "tokens"),
     "model.fdt.pool": ("max", "mean", "sum"),
     "model.fdt.activation": ("sparsemax", "softmax"),
@@ -472,6 +484,10 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
             f"In {source}: data.image_size ({cfg.data.image_size}) must be a multiple of "
             f"model.vision.patch_size ({cfg.model.vision.patch_size})."
         )
+    if not cfg.model.vision.patch_bias and cfg.model.vision.patch_embed != "standard":
+        raise ConfigError(f"In {source}: model.vision.patch_bias=false applies to the standard patch embedding; "
+                          f"model.vision.patch_embed is '{cfg.model.vision.patch_embed}'.")
+    check_setting(cfg.train.device)
     if cfg.model.num_classes < 0:
         raise ConfigError(f"Config key 'model.num_classes' in {source} must be >= 0, got {cfg.model.num_classes}.")
     if cfg.objective.name == "supervised" and cfg.model.num_classes == 0:

@@ -1,13 +1,16 @@
 """``vlalign export``: a trained run as a directory a Hugging Face user recognises, or TorchScript towers.
 
-``--format hf`` writes::
+``--format hf`` writes a real ``CLIPModel`` directory when the run's architecture is CLIP's
+(``vlalign.clip_export``; ``clip_blockers`` says when). Any other run is no transformers model, and its
+directory says so, naming nothing ``AutoModel`` would try::
 
-    config.json                 architecture + the vlalign model config (adapters merged)
-    model.safetensors           weights (LoRA folded into the base layers)
-    tokenizer.json              the run's tokenizer (+ tokenizer_config.json, special_tokens_map.json)
-    preprocessor_config.json    image size, channels and normalisation
+    vlalign_config.json         architecture + the vlalign model config (adapters merged)
+    model.safetensors           weights under vlalign's names (LoRA folded into the base layers)
+    preprocess.json             vlalign's image transform
+    tokenizer.json              the run's tokenizer (+ tokenizer_config.json: AutoTokenizer loads it)
+    preprocessor_config.json    for 3-channel runs: the same preprocessing as a CLIPImageProcessor
 
-``vlalign.load(DIR)`` loads it back. ``--format torchscript`` writes ``image_encoder.pt`` and
+``vlalign.load(DIR)`` loads either back. ``--format torchscript`` writes ``image_encoder.pt`` and
 ``text_encoder.pt`` (traced; inputs: normalised pixels ``[B, C, S, S]``; ids and mask ``[B, L]``).
 """
 
@@ -15,35 +18,41 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from vlalign import __version__
+from vlalign.clip_export import export_clip
 from vlalign.config import RunConfig, from_dict, to_dict
 from vlalign.data.tokenizer import TextTokenizer
-from vlalign.data.transforms import ImageTransform
+from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform
 from vlalign.errors import CheckpointError, VlalignError
+from vlalign.hf_files import write_image_processor, write_tokenizer
 from vlalign.models import build_model
 from vlalign.models.adapters import MERGEABLE_KINDS, merge_adapters
+from vlalign.models.clip_arch import clip_blockers
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "torchscript")
-MODEL_TYPE = "vlalign-dual-encoder"
+CONFIG_FILE = "vlalign_config.json"  # not config.json: transformers would take the directory for one of its models
+ARCHITECTURE = "VlalignDualEncoder"
 
 
-def export(checkpoint: str | Path, format: str, out: str | Path) -> Path:
+def export(checkpoint: str | Path, format: str, out: str | Path) -> str:
+    """Export ``checkpoint`` to ``out``; returns the layout written: "clip", "vlalign" or "torchscript"."""
     from vlalign.api import load
 
     if format not in FORMATS:
         raise VlalignError(f"Export format '{format}' is not one of: {', '.join(FORMATS)}.")
-    aligner = load(checkpoint)
-    out = Path(out)
+    aligner = load(checkpoint, device="cpu")  # exported files are written from host memory
     if format == "hf":
-        export_hf(aligner, out)
-    else:
-        export_torchscript(aligner, out)
-    return out
+        return export_hf(aligner, out)
+    export_torchscript(aligner, Path(out))
+    return "torchscript"
 
 
 def merged_config(cfg: RunConfig) -> RunConfig:
@@ -54,14 +63,25 @@ def merged_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def export_hf(aligner, out: str | Path) -> None:
+def export_hf(aligner, out: str | Path) -> str:
+    """Export as a ``CLIPModel`` directory when CLIP expresses the run, else in vlalign's own layout; returns which
+    ("clip" or "vlalign")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    blockers = clip_blockers(aligner.config)
+    if not blockers:
+        export_clip(aligner, out)
+        return "clip"
+    log.info("exporting in vlalign's layout: a CLIPModel needs %s", "; ".join(blockers))
+    export_vlalign(aligner, out)
+    return "vlalign"
+
+
+def export_vlalign(aligner, out: Path) -> None:
     model = merge_adapters(copy.deepcopy(aligner.model))
     cfg = merged_config(aligner.config)
     config = {
-        "architectures": ["VlalignDualEncoder"],
-        "model_type": MODEL_TYPE,
+        "architectures": [ARCHITECTURE],
         "vlalign_version": __version__,
         "projection_dim": cfg.model.embed_dim,
         "image_size": cfg.data.image_size,
@@ -70,44 +90,33 @@ def export_hf(aligner, out: str | Path) -> None:
         "trained_steps": aligner.step,
         "vlalign": to_dict(cfg),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    aligner.tokenizer.save(out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.data.context_length,
-        "padding_side": "right"}, indent=1))
-    tok = aligner.tokenizer.tokenizer
-    (out / "special_tokens_map.json").write_text(json.dumps({
-        "pad_token": tok.id_to_token(aligner.tokenizer.pad_id), "eos_token": tok.id_to_token(aligner.tokenizer.eos_id)}))
-    t = aligner.transform
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_size": t.image_size, "in_channels": t.in_channels, "image_mean": t.mean, "image_std": t.std,
-        "uint8_scaling": "x / 255 * 2 - 1 when image_mean is null"}, indent=1))
+    aligner.transform.save(out / PREPROCESS_FILE)
+    write_tokenizer(aligner.tokenizer, out, cfg.data.context_length)
+    if aligner.transform.in_channels == 3:
+        write_image_processor(aligner.transform, out)
 
 
-def is_hf_export(path: Path) -> bool:
-    config = path / "config.json"
-    return config.is_file() and (path / "model.safetensors").is_file() and \
-        json.loads(config.read_text()).get("model_type") == MODEL_TYPE
+def is_vlalign_export(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / "model.safetensors").is_file()
 
 
-def load_hf_export(path: str | Path):
-    """An ``export_hf`` directory -> ``vlalign.api.Aligner``."""
+def load_vlalign_export(path: str | Path):
+    """An ``export_vlalign`` directory -> ``vlalign.api.Aligner``."""
     from vlalign.api import Aligner
 
     path = Path(path)
-    if not is_hf_export(path):
-        raise CheckpointError(f"{path} is not a vlalign Hugging Face-style export (config.json with "
-                              f"model_type={MODEL_TYPE} and model.safetensors).")
-    config = json.loads((path / "config.json").read_text())
-    cfg = from_dict(RunConfig, config["vlalign"], str(path / "config.json"))
+    if not is_vlalign_export(path):
+        raise CheckpointError(f"{path} is not a vlalign export ({CONFIG_FILE} and model.safetensors).")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    cfg = from_dict(RunConfig, config["vlalign"], str(path / CONFIG_FILE))
     tokenizer = TextTokenizer.load(path / "tokenizer.json")
     model = build_model(cfg.model, cfg.data.image_size, tokenizer.vocab_size, cfg.data.context_length)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     model.eval()
-    pre = json.loads((path / "preprocessor_config.json").read_text())
-    transform = ImageTransform(pre["image_size"], pre["in_channels"], pre["image_mean"], pre["image_std"])
+    transform = ImageTransform.load(path / PREPROCESS_FILE)
     return Aligner(model, tokenizer, transform, cfg, path, config["trained_steps"])
 
 

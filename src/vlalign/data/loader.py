@@ -206,7 +206,8 @@ class Loader:
 
     def __init__(self, source: Source, tokenizer: TextTokenizer, transform: ImageTransform, batch_size: int,
                  context_length: int, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0,
-                 max_skip_fraction: float = 0.01, collate_fn: Callable[..., dict] = collate, order: str = "exact"):
+                 max_skip_fraction: float = 0.01, collate_fn: Callable[..., dict] = collate, order: str = "exact",
+                 pin_memory: bool = False):
         if len(source) // world < batch_size:
             raise DataError(
                 f"Data source {source.name} has {len(source)} samples: fewer than one batch of {batch_size} "
@@ -221,6 +222,7 @@ class Loader:
         self.max_skip_fraction = max_skip_fraction
         self.collate_fn = collate_fn
         self.order = order
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous host-to-GPU copies
         # In resampled order: whole epochs' worth of batches drawn, and batches drawn since.
         self.epoch, self.next_batch = 0, 0
         self.skips = SkipCounter()
@@ -272,7 +274,8 @@ class Loader:
         """The collated batch of each index list, built by the workers and returned in order."""
         dataset = _CollatedBatches(self.source, self.tokenizer, self.context_length, self.transform, self.collate_fn)
         yield from DataLoader(dataset, batch_size=None, sampler=index_lists, num_workers=self.num_workers,
-                              prefetch_factor=4 if self.num_workers else None, generator=generator)
+                              prefetch_factor=4 if self.num_workers else None, generator=generator,
+                              pin_memory=self.pin_memory)
 
     def state_dict(self) -> dict:
         return {"order": self.order, "epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,

@@ -15,6 +15,10 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # PAD must be id 0: the towers treat id 0 as padding
+# The first of these a vocabulary has begins / ends a sequence: vlalign's own, a pretrained BERT-style
+# tokenizer's [SEP], CLIP's (vlalign.data.clip_tokenizer).
+BOS_NAMES = (BOS, "<|startoftext|>")
+EOS_NAMES = (EOS, "[SEP]", "<|endoftext|>")
 
 
 class TextTokenizer:
@@ -23,9 +27,8 @@ class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.token_to_id(PAD)
-        self.bos_id = tokenizer.token_to_id(BOS)
-        # A pretrained (BERT-style) tokenizer ends sequences with [SEP] instead of [EOS].
-        self.eos_id = tokenizer.token_to_id(EOS) if tokenizer.token_to_id(EOS) is not None else tokenizer.token_to_id("[SEP]")
+        self.bos_id = _first_id(tokenizer, BOS_NAMES)
+        self.eos_id = _first_id(tokenizer, EOS_NAMES)
         assert self.pad_id == 0, "the padding token must have id 0"
 
     @property
@@ -56,6 +59,11 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
         return cls(Tokenizer.from_file(str(path)))
+
+
+def _first_id(tokenizer: Tokenizer, names: tuple[str, ...]) -> int | None:
+    ids = [tokenizer.token_to_id(name) for name in names]
+    return next((i for i in ids if i is not None), None)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> TextTokenizer:

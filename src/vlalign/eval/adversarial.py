@@ -121,13 +121,15 @@ def adversarial(model: Aligner, spec: str | None) -> TaskResult:
             out["zeroshot_top1"] = (logits.argmax(1) == zs_labels).float().mean().item()
         return out
 
+    def on_model(x: torch.Tensor) -> torch.Tensor:  # the tower on its device, gradients back to the host pixels
+        return model.model.encode_image(x.to(model.device)).to(x.device)
+
     clean = scores(torch.zeros(pixels.shape[1:]))
     scale = float(model.model.logit_scale.exp())
     results = []
     for budget in BUDGETS:
         epsilon = normalised_budget(budget, model.transform)
-        delta = universal_perturbation(model.model.encode_image, pixels[train], text_embeds[train], epsilon,
-                                       scale=scale)
+        delta = universal_perturbation(on_model, pixels[train], text_embeds[train], epsilon, scale=scale)
         row = {"task": "adversarial", "data": pair_spec, "zeroshot_data": zeroshot and zeroshot[0],
                "budget": f"{budget}/255",
                "epsilon_input_units": epsilon, "delta_linf_pixels": float(delta.abs().max()) * 255 / 2,

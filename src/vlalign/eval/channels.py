@@ -67,7 +67,7 @@ def subset_accuracies(score: Scorer, pixels: torch.Tensor, labels: torch.Tensor,
             chunk = pixels[start : start + batch_size, columns]  # [b, |S|, H, W]
             ids = columns.expand(chunk.shape[0], -1)  # [b, |S|] original channel ids
             pred = score(chunk, ids).argmax(1)
-            correct += (pred.cpu() == labels[start : start + batch_size]).sum().item()
+            correct += (pred == labels[start : start + batch_size]).sum().item()
         out[subset] = correct / N
     return out
 

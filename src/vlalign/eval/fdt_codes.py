@@ -21,13 +21,13 @@ WORDS_PER_CODE = 5
 
 
 def _weights_and_text_tokens(model: Aligner, images: list[np.ndarray], captions: list[str]):
-    net = model.model
+    net, device = model.model, model.device
     pixels = model.transform(images)
-    image_weights = net.image_head(net.vision(pixels))[1]["fdt_weights"]  # [N, K]
+    image_weights = net.image_head(net.vision(pixels.to(device)))[1]["fdt_weights"].to(pixels.device)  # [N, K]
     ids, mask = model.tokenizer(captions, model.config.data.context_length)
-    text = net.text(ids, mask)
-    text_weights = net.text_head(text)[1]["fdt_weights"]  # [N, K]
-    token_scores = net.text_head.grounding.token_scores(text.tokens)  # [N, L, K]
+    text = net.text(ids.to(device), mask.to(device))
+    text_weights = net.text_head(text)[1]["fdt_weights"].to(ids.device)  # [N, K]
+    token_scores = net.text_head.grounding.token_scores(text.tokens).to(ids.device)  # [N, L, K]
     return image_weights, text_weights, token_scores.masked_fill(~mask[..., None], float("-inf")), ids
 
 

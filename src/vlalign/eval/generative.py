@@ -27,6 +27,7 @@ from vlalign.api import VisualAssistant
 from vlalign.data.shapes import COLOURS, SHAPES
 from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.specs import build_source
+from vlalign.device import model_device
 from vlalign.errors import DataError
 from vlalign.eval import plots
 from vlalign.eval.mir import decoder_mir
@@ -168,8 +169,8 @@ def alignment_diagnostic(model: VisualAssistant, samples: list) -> dict[str, flo
     own lacks. Reported for the mean-pooled image feature and for single patches, plus the gap and
     image->caption retrieval with CG-VLM's averaged image-sentence similarity.
     """
-    patches = model.project_images([s.image for s in samples])  # [N, P, D]
-    table = F.normalize(model.model.decoder.embed_tokens.weight, dim=-1)  # [V, D]
+    patches = model.project_images([s.image for s in samples])  # [N, P, D], on the host
+    table = F.normalize(model.model.decoder.embed_tokens.weight.to(patches.device), dim=-1)  # [V, D]
     token_sets = [set(model.tokenizer.encode(s.caption, special_tokens=False)) for s in samples]
     vocabulary = sorted(set().union(*token_sets))
     related_mask = torch.zeros(len(samples), len(vocabulary), dtype=torch.bool)  # [N, T]
@@ -185,7 +186,8 @@ def alignment_diagnostic(model: VisualAssistant, samples: list) -> dict[str, flo
 
     ids, _ = model.tokenizer([s.caption for s in samples], model.config.data.context_length)
     content = (ids != model.tokenizer.pad_id) & (ids != model.tokenizer.bos_id) & (ids != model.tokenizer.eos_id)
-    similarity = image_sentence_similarity(patches, None, model.model.decoder.embed(ids), content)  # [N, N]
+    words = model.model.decoder.embed(ids.to(model_device(model.model))).to(ids.device)  # [N, L, D]
+    similarity = image_sentence_similarity(patches, None, words, content)  # [N, N]
     ranks = ranks_of_truth(similarity)
     related, unrelated = mean_over(pooled_cos, related_mask), mean_over(pooled_cos, ~related_mask)
     return {
@@ -212,11 +214,12 @@ def mir_vlm(model: VisualAssistant, spec: str | None) -> TaskResult:
     spec, samples = _eval_scenes(model, spec)
     samples = samples[:MIR_SCENES]
     with torch.inference_mode():
-        pixels = model.transform([s.image for s in samples])  # [N, C, H, W]
+        device = model_device(model.model)
+        pixels = model.transform([s.image for s in samples]).to(device)  # [N, C, H, W]
         ids, mask = model.tokenizer([s.caption for s in samples], model.config.data.context_length)
         prefix, image_mask = model.model.prefix(pixels, None, len(samples))  # [N, P, D]
-        full_mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool) if image_mask is None else image_mask,
-                               mask.bool()], dim=1)  # [N, P+L]
-        hidden = model.model.decoder(ids, prefix, full_mask).hidden_states
-    out = decoder_mir(hidden, prefix.shape[1], mask.bool())
+        real = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device) if image_mask is None else image_mask
+        full_mask = torch.cat([real, mask.bool().to(device)], dim=1)  # [N, P+L]
+        hidden = model.model.decoder(ids.to(device), prefix, full_mask).hidden_states
+    out = decoder_mir([h.to(mask.device) for h in hidden], prefix.shape[1], mask.bool())
     return TaskResult([{"task": "mir-vlm", "data": spec, "n": len(samples), **out}])

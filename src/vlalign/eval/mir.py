@@ -96,16 +96,16 @@ def dual_encoder_hidden(model: Aligner, images, captions: list[str]) -> tuple[li
         if not hasattr(head, "proj"):
             raise DataError(f"The dual-encoder MIR reads tokens through a linear head; {type(head).__name__} has "
                             "no .proj. Use a run with the default PooledProjection head.")
-    vision = net.vision(model.transform(images))
+    vision = net.vision(model.transform(images).to(model.device))
     ids, mask = model.tokenizer(captions, model.config.data.context_length)
-    text = net.text(ids, mask)
+    text = net.text(ids.to(model.device), mask.to(model.device))
     layers = min(len(vision.intermediates), len(text.intermediates))
     image_hidden, text_hidden = [], []
     for i in range(layers):
         v = net.image_head.proj(net.vision.ln_post(vision.intermediates[i][:, 1:]))  # [B, T, E], CLS dropped
         t = net.text_head.proj(net.text.ln_final(text.intermediates[i]))  # [B, L, E]
-        image_hidden.append(v.reshape(-1, v.shape[-1]))
-        text_hidden.append(t[mask])
+        image_hidden.append(v.reshape(-1, v.shape[-1]).to(mask.device))
+        text_hidden.append(t.to(mask.device)[mask])
     return image_hidden, text_hidden
 
 

@@ -33,28 +33,30 @@ def rerank_scores(similarity: torch.Tensor, candidates: torch.Tensor, match: tor
 
 def unimodal_features(model: Aligner, images: list[np.ndarray],
                       captions: list[str]) -> tuple[VisionFeatures, TextFeatures, torch.Tensor, torch.Tensor]:
-    """Both towers' features (the fusion layers start from their intermediates) and the contrastive
-    embeddings [N, E] of every image and caption."""
-    dual, size = model.model, model.config.eval.batch_size
+    """Both towers' features on the model's device (the fusion layers start from their intermediates) and the
+    contrastive embeddings [N, E] of every image and caption, on the host."""
+    dual, size, device = model.model, model.config.eval.batch_size, model.device
     visions, texts = [], []
     for i in range(0, len(images), size):
-        visions.append(dual.vision(model.transform(images[i : i + size])))
+        visions.append(dual.vision(model.transform(images[i : i + size]).to(device)))
         ids, mask = model.tokenizer(captions[i : i + size], model.config.data.context_length)
-        texts.append(dual.text_features(ids, mask))
+        texts.append(dual.text_features(ids.to(device), mask.to(device)))
     vision, text = concat_rows(visions), concat_rows(texts)
-    return vision, text, dual.image_head(vision)[0], dual.text_head(text)[0]
+    host = ids.device
+    return vision, text, dual.image_head(vision)[0].to(host), dual.text_head(text)[0].to(host)
 
 
 def match_scores(model: Aligner, vision: VisionFeatures, text: TextFeatures, image_index: torch.Tensor,
                  text_index: torch.Tensor) -> torch.Tensor:
-    """[P] ITM margin (logit of "match" minus "no match") of image ``image_index[p]`` with text ``text_index[p]``."""
+    """[P] ITM margin (logit of "match" minus "no match") of image ``image_index[p]`` with text ``text_index[p]``,
+    on the indices' device."""
     dual, scores = model.model, []
     for start in range(0, image_index.numel(), PAIRS_PER_PASS):
         window = slice(start, start + PAIRS_PER_PASS)
         logits = dual.cross_modal.match_logits(dual.vision, dual.text, select_rows(vision, image_index[window]),
                                                select_rows(text, text_index[window]))  # [p, 2]
         scores.append(logits[:, 1] - logits[:, 0])
-    return torch.cat(scores)
+    return torch.cat(scores).to(image_index.device)
 
 
 @task("retrieval-itm")

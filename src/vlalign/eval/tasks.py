@@ -247,8 +247,12 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
     source = build_source(spec)
     images, _, labels, samples = load_arrays(source, model.config.eval.zeroshot_n)
     pixels = model.transform(images)  # [N, C, H, W], every channel
+    device = model.device
     if model.config.objective.name in ("supervised", "gpt4image"):  # trained classifier heads
-        method, score = "head", model.model.classify_image
+        method = "head"
+
+        def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            return model.model.classify_image(x.to(device), ids.to(device)).to(x.device)  # [B, K]
     else:
         is_shapes = hasattr(source, "scene")
         _, prompts, set_labels = (_shapes_label_sets(samples)["shape+colour"] if is_shapes
@@ -258,7 +262,7 @@ def channels(model: Aligner, spec: str | None) -> TaskResult:
         method = f"zeroshot ({bank.ensemble} over prompts)"
 
         def score(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            return bank.scores(model.model.encode_image(x, ids))  # [B, K]
+            return bank.scores(model.model.encode_image(x.to(device), ids.to(device)).to(x.device))  # [B, K]
 
     labels = torch.tensor(labels)
     if (labels < 0).any():

@@ -21,6 +21,7 @@ from vlalign.api import VisualAssistant
 from vlalign.data.generative import GenerativeExample, encode_examples
 from vlalign.data.shapes import COLOURS, SHAPES
 from vlalign.data.shapes_qa import qa_document
+from vlalign.device import model_device, to_device
 from vlalign.errors import DataError
 from vlalign.eval.generative import _eval_scenes, _needs_images, _questions
 from vlalign.eval.tasks import TaskResult, task
@@ -48,9 +49,10 @@ def teacher_forced(model: VisualAssistant, images: list | None, texts: list[str]
         examples = [GenerativeExample(None, "", text) for text in texts[start:start + batch_size]]
         batch = encode_examples(model.tokenizer, examples, model.config.data.context_length)
         pixels = None if images is None else model.transform(list(images[start:start + batch_size]))
-        out = model.model(pixels, batch["text_ids"], batch["text_mask"])
+        device = model_device(model.model)
+        out = model.model(to_device(pixels, device), batch["text_ids"].to(device), batch["text_mask"].to(device))
         targets, mask = next_token_targets(batch["text_ids"], batch["content_mask"], out.prefix_len)
-        logits = out.logits[mask]  # [T, V]
+        logits = out.logits.to(targets.device)[mask]  # [T, V]
         truths.append(targets[mask])
         predictions.append(logits.argmax(-1))
         losses.append(F.cross_entropy(logits.float(), targets[mask], reduction="none"))

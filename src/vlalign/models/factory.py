@@ -37,7 +37,8 @@ PATCH_EMBEDS = {"standard": PatchEmbed, "channel": ChannelPatchEmbed, "conv": Co
 
 def build_patch_embed(cfg: ModelConfig, image_size: int, width: int) -> nn.Module:
     v = cfg.vision
-    return PATCH_EMBEDS[v.patch_embed](image_size, v.patch_size, v.in_channels, width)
+    bias = {} if v.patch_bias else {"bias": False}  # validated: only the standard embedding is bias-free
+    return PATCH_EMBEDS[v.patch_embed](image_size, v.patch_size, v.in_channels, width, **bias)
 
 
 def build_channel_sampler(cfg: ModelConfig) -> nn.Module | None:
@@ -61,9 +62,10 @@ def build_vision(cfg: ModelConfig, image_size: int) -> VisionTransformer:
     patch_embed = build_patch_embed(cfg, image_size, size.width)
     args = (patch_embed, size.width, size.depth, size.heads, size.mlp_ratio, cfg.vision.pool,
             build_channel_sampler(cfg), build_token_merging(cfg, image_size, size.depth))
+    clip = {"ln_pre": cfg.vision.ln_pre, "activation": cfg.vision.activation}
     if cfg.video.frames:
-        return VideoTransformer(*args, **build_video_stages(cfg, size.width, size.heads))
-    return VisionTransformer(*args)
+        return VideoTransformer(*args, **clip, **build_video_stages(cfg, size.width, size.heads))
+    return VisionTransformer(*args, **clip)
 
 
 def build_video_stages(cfg: ModelConfig, width: int, heads: int) -> dict:
@@ -88,7 +90,8 @@ def build_text(cfg: ModelConfig, vocab_size: int, context_length: int) -> nn.Mod
     size = text_size(cfg.text.size)
     # Positions for the dataset-type prefix too (Prefix Conditioning), ahead of the text's own.
     members = [TextTransformer(vocab_size, context_length + cfg.text.prefix_tokens, size.width,
-                               cfg.text.depth or size.depth, size.heads, size.mlp_ratio, cfg.text.pool)
+                               cfg.text.depth or size.depth, size.heads, size.mlp_ratio, cfg.text.pool,
+                               cfg.text.activation)
                for _ in range(cfg.text.committee)]
     return members[0] if cfg.text.committee == 1 else TextCommittee(members)
 

@@ -55,14 +55,24 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, 1, D))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x·σ(1.702x), the sigmoid approximation of GELU that OpenAI's CLIP was trained with (Radford et al. 2021)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP non-linearity by name: "gelu" (exact, erf) is vlalign's; "quick_gelu" reads OpenAI CLIP weights.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+
+
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -72,12 +82,13 @@ class Block(nn.Module):
     other tower (``vlalign.models.fusion``). Passing it through ``forward`` keeps module hooks (FSDP) intact.
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, int(width * mlp_ratio))
+        # round, not int: a ratio read from a checkpoint (hidden / width) must give back its hidden width exactly
+        self.mlp = MLP(width, round(width * mlp_ratio), activation)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
                 cross: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -102,9 +113,9 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks that can return every layer's output (for multi-layer fusion and diagnostics)."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu"):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(depth))
         self.grad_checkpointing = False
 
     def forward(

@@ -1,11 +1,14 @@
 """Tower sizes from one table, decoded by name (big_vision-style ``decode_variant``).
 
 ViT rows follow Dosovitskiy et al. 2021 (Table 1) and DeiT (tiny); the micro rows exist so a
-whole run fits in seconds on a laptop CPU.
+whole run fits in seconds on a laptop CPU. A size outside the tables is spelled out as
+``w<width>-d<depth>-h<heads>-m<mlp hidden width>``, e.g. ``w768-d12-h12-m3072`` (ViT-B): the form a
+converted checkpoint's towers take (``vlalign.pretrained``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vlalign.errors import ConfigError
@@ -58,7 +61,22 @@ def decoder_size(name: str) -> TowerSize:
     return _lookup(DECODER_SIZES, name, "model.vlm.decoder")
 
 
+SPELLED = re.compile(r"w(\d+)-d(\d+)-h(\d+)-m(\d+)")
+
+
+def spell_size(width: int, depth: int, heads: int, mlp: int, table: dict[str, TowerSize]) -> str:
+    """The name of a tower of these dimensions: its row of ``table`` if it has one, else spelled out."""
+    size = TowerSize(width, depth, heads, mlp / width)
+    named = [name for name, row in table.items() if row == size]
+    return named[0] if named else f"w{width}-d{depth}-h{heads}-m{mlp}"
+
+
 def _lookup(table: dict[str, TowerSize], name: str, key: str) -> TowerSize:
-    if name not in table:
-        raise ConfigError(f"Unknown {key} '{name}'. Known sizes: {', '.join(table)}.")
-    return table[name]
+    if name in table:
+        return table[name]
+    spelled = SPELLED.fullmatch(name)
+    if spelled and min(int(v) for v in spelled.groups()) > 0:
+        width, depth, heads, mlp = (int(v) for v in spelled.groups())
+        return TowerSize(width, depth, heads, mlp / width)
+    raise ConfigError(f"Unknown {key} '{name}'. Known sizes: {', '.join(table)}, or spelled out as "
+                      "w<width>-d<depth>-h<heads>-m<mlp width>, e.g. w768-d12-h12-m3072.")

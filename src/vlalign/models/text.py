@@ -28,14 +28,14 @@ class TextTransformer(nn.Module):
     """
 
     def __init__(self, vocab_size: int, context_length: int, width: int, depth: int, heads: int,
-                 mlp_ratio: float = 4.0, pool: str = "eot"):
+                 mlp_ratio: float = 4.0, pool: str = "eot", activation: str = "gelu"):
         super().__init__()
         self.pool = pool
         self.width = width
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.zeros(1, context_length, width))
-        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.transformer = Transformer(width, depth, heads, mlp_ratio, activation)
         self.ln_final = nn.LayerNorm(width)
         init_weights(self)
         nn.init.trunc_normal_(self.pos, std=0.01)

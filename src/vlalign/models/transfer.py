@@ -6,6 +6,10 @@ previous. A run passes on every module weight whose name and shape match the new
 run's ``vision.*``, a language model's ``decoder.*``, a stage-1 run's everything. Only weights inside
 modules move; top-level scalars such as a contrastive temperature belong to their objective and
 start afresh. Runs are applied in order, so a later run overrides an earlier one.
+
+An entry may also be an outside CLIP checkpoint (``hf-clip:DIR``, ``open-clip:FILE,...``; see
+``vlalign.pretrained``), converted to vlalign's names; its learned temperature (``logit_scale``) comes
+with it, as a fine-tuned CLIP keeps the one it was pre-trained with.
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     return checkpoint
 
 
+def _runs(entries: list[str]) -> list[str]:
+    """The vlalign run directories among ``model.init_from``'s entries (not outside checkpoints)."""
+    from vlalign.pretrained import is_external
+
+    return [entry for entry in entries if not is_external(entry)]
+
+
 def language_model_source(run_dirs: list[str]) -> Path | None:
     """The last run in ``run_dirs`` that trained a language model: its decoder, hence its tokenizer, is inherited."""
     found = None
-    for run_dir in run_dirs:
+    for run_dir in _runs(run_dirs):
         run_checkpoint(run_dir)
         saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
         if saved.get("model", {}).get("arch") in GENERATIVE_ARCHS:
@@ -55,7 +66,7 @@ def text_tower_source(run_dirs: list[str], modules: list[str] | tuple[str, ...] 
     if modules and "text" not in modules:
         return None
     found = None
-    for run_dir in run_dirs:
+    for run_dir in _runs(run_dirs):
         run_checkpoint(run_dir)
         saved = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("model", {})
         if saved.get("arch", "dual-encoder") in ("dual-encoder", "text-mlm") \
@@ -78,9 +89,9 @@ def load_matching_weights(model: nn.Module, run_dirs: list[str], modules: list[s
     loaded: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     for run_dir in run_dirs:
-        tensors, _, _ = load_checkpoint(run_checkpoint(run_dir))
+        tensors, scalars = _weights(run_dir)
         source = {name: name if name in tensors else plain[name] for name in own}  # own name -> saved name
-        shared = [name for name in own if source[name] in tensors and "." in name
+        shared = [name for name in own if source[name] in tensors and ("." in name or scalars)
                   and (not modules or name.split(".")[0] in modules)]
         clashes = [f"{n} {tuple(tensors[source[n]].shape)} vs {tuple(own[n].shape)}" for n in shared
                    if tensors[source[n]].shape != own[n].shape]
@@ -98,3 +109,12 @@ def load_matching_weights(model: nn.Module, run_dirs: list[str], modules: list[s
     for module, run_dir in origin.items():
         log.info("initialised %s from %s", module, run_dir)
     return origin
+
+
+def _weights(entry: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """An ``init_from`` entry's tensors under vlalign's names, and whether its top-level scalars come along."""
+    from vlalign.pretrained import converted_weights, is_external, open_checkpoint
+
+    if is_external(entry):
+        return converted_weights(open_checkpoint(entry)), True
+    return load_checkpoint(run_checkpoint(entry))[0], False

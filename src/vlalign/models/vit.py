@@ -44,13 +44,14 @@ class PatchEmbed(nn.Module):
     the plain-ViT protocol of ChannelViT (Bao et al. 2023 §4; see ``fill_missing_channels``).
     """
 
-    def __init__(self, image_size: int, patch_size: int, in_channels: int, width: int):
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, width: int, bias: bool = True):
         super().__init__()
         self.in_channels = in_channels
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
-        self.proj = nn.Linear(in_channels * patch_size**2, width)
+        # bias=False: CLIP's bias-free patch convolution (its weight [D, C, P, P] is ``proj.weight`` reshaped)
+        self.proj = nn.Linear(in_channels * patch_size**2, width, bias=bias)
         self.pos = nn.Parameter(torch.zeros(1, self.num_patches, width))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
@@ -76,11 +77,12 @@ class VisionTransformer(nn.Module):
     """``channel_sampler`` (optional) maps ``(images, channel_ids)`` to a channel subset before the
     patch embedding, e.g. ``HierarchicalChannelSampling`` (active in training mode only).
     ``token_merging`` (optional, ``TokenMerging``) merges similar tokens inside the blocks (ToMe), in
-    training and at inference alike."""
+    training and at inference alike. ``ln_pre``: a LayerNorm on the embedded tokens before the first block
+    (CLIP's ``ln_pre``, Radford et al. 2021 §2.4); ``activation``: the blocks' MLP non-linearity."""
 
     def __init__(self, patch_embed: nn.Module, width: int, depth: int, heads: int, mlp_ratio: float = 4.0,
                  pool: str = "cls", channel_sampler: nn.Module | None = None,
-                 token_merging: TokenMerging | None = None):
+                 token_merging: TokenMerging | None = None, ln_pre: bool = False, activation: str = "gelu"):
         super().__init__()
         self.channel_sampler = channel_sampler
         self.token_merging = token_merging
@@ -89,7 +91,8 @@ class VisionTransformer(nn.Module):
         self.pool = pool
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
-        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+        self.ln_pre = nn.LayerNorm(width) if ln_pre else None
+        self.transformer = Transformer(width, depth, heads, mlp_ratio, activation)
         self.ln_post = nn.LayerNorm(width)
         init_weights(self.transformer)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -108,6 +111,8 @@ class VisionTransformer(nn.Module):
         B = patches.tokens.shape[0]
         cls = (self.cls_token + self.cls_pos).expand(B, -1, -1)
         x = torch.cat([cls, patches.tokens], dim=1)  # [B, 1+T, D]
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
         attn_mask = None
         if patches.mask is not None:
             full = torch.cat([patches.mask.new_ones(B, 1), patches.mask], dim=1)

@@ -59,7 +59,7 @@ class SearchService:
         image_embed = self.aligner.encode_image([image])  # [1, E]
         text_embeds = self.aligner.encode_text(labels)  # [K, E]
         with torch.inference_mode():
-            logits = self.aligner.model.logit_scale.exp() * image_embed @ text_embeds.t()  # [1, K]
+            logits = self.aligner.model.logit_scale.exp().item() * image_embed @ text_embeds.t()  # [1, K]
         probs = logits.softmax(-1)[0].tolist()
         ranked = sorted(zip(labels, probs), key=lambda lp: -lp[1])
         return [{"label": label, "probability": p} for label, p in ranked]

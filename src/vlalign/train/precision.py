@@ -33,6 +33,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def resolve_precision(setting: str, device: str = "cpu") -> torch.dtype:
     """The compute dtype for ``train.precision`` on ``device``."""
+    if setting == "auto" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float32  # no bf16 units to measure (before Ampere)
     if setting == "auto":
         speedup = bf16_speedup(device)
         dtype = torch.bfloat16 if speedup >= MIN_BF16_SPEEDUP else torch.float32

@@ -27,6 +27,7 @@ from vlalign.data.transforms import PREPROCESS_FILE, ImageTransform, channel_sta
 from vlalign.data.teacher_view import TeacherView
 from vlalign.data.text_mixture import MixtureLoader
 from vlalign.data.views import AttributeView, ClauseView, DescriptionView, RegionView, View
+from vlalign.device import resolve_device
 from vlalign.errors import CheckpointError, ConfigError
 from vlalign.models import DualEncoder, build_model
 from vlalign.models.adapters import parameter_counts
@@ -37,6 +38,7 @@ from vlalign.models.transfer import language_model_source, load_matching_weights
 from vlalign.models.vlm import VisionLanguageModel
 from vlalign.models.vpg_transfer import inherit_vpg
 from vlalign.objectives import Objective, build_objective
+from vlalign.pretrained import external_init, open_checkpoint
 from vlalign.train.acceleration import enable_grad_checkpointing
 from vlalign.train.continual import ContinualTeachers
 from vlalign.train.vq import pretrain_tokenizer
@@ -101,6 +103,9 @@ def source_captions(source: Source, limit: int = MAX_TOKENIZER_CAPTIONS) -> list
 
 
 def image_transform(cfg: RunConfig, source: Source) -> ImageTransform:
+    spec = external_init(cfg)
+    if spec is not None:  # a pretrained CLIP reads pixels normalised as in its pre-training
+        return open_checkpoint(spec).transform()
     if cfg.data.normalization == "per_channel":
         mean, std = channel_statistics(source)
     else:
@@ -116,6 +121,7 @@ class Components:
     model: DualEncoder | VisionLanguageModel
     objective: Objective
     loader: Loader
+    device: torch.device  # where the model is, and where batches go (train.device)
     teachers: ContinualTeachers | None = None  # CTP's reference and momentum models (objective "ctp")
     heldout: HeldoutText | None = None  # data.text_heldout: the LM's text loss, logged (DeepSeek-VL retention)
 
@@ -131,6 +137,12 @@ def build_tokenizer(cfg: RunConfig, source: Source, run_dir: Path) -> TextTokeni
         run_dir.mkdir(parents=True, exist_ok=True)
         copy_hf_tokenizer(cfg.model.text.tower, path)
         return TextTokenizer.load(path)
+    spec = external_init(cfg)
+    if spec is not None:  # so does a pretrained CLIP
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = open_checkpoint(spec).tokenizer()
+        tokenizer.save(path)
+        return tokenizer
     if cfg.model.text.tokenizer_from:
         inherited = Path(cfg.model.text.tokenizer_from)
         if not (inherited / TOKENIZER_FILE).is_file():
@@ -184,21 +196,24 @@ def build_components(cfg: RunConfig, run_dir: Path, rank: int = 0, world: int = 
                                    paraphrases=cfg.objective.positive_paraphrases)
     if cfg.model.arch != "dual-encoder":  # generative examples; text only for the language model
         collate_fn = functools.partial(collate_generative, with_image=cfg.model.arch == "vlm")
+    device = resolve_device(cfg.train.device)
+    pinned = device.type == "cuda"
     loader = Loader(source, tokenizer, transform, cfg.data.batch_size // world,
                     cfg.data.context_length, seed=cfg.train.seed, rank=rank, world=world,
                     num_workers=cfg.data.num_workers, max_skip_fraction=cfg.data.max_skip_fraction,
-                    collate_fn=collate_fn, order=cfg.data.order)
+                    collate_fn=collate_fn, order=cfg.data.order, pin_memory=pinned)
     if cfg.data.text_ratio > 0:  # DeepSeek-VL: text-only batches in share text_ratio (vlalign.data.text_mixture)
         text_loader = Loader(build_source(cfg.data.text_mixture), tokenizer, transform, cfg.data.batch_size // world,
                              cfg.data.context_length, seed=cfg.train.seed + 1, rank=rank, world=world,
                              max_skip_fraction=cfg.data.max_skip_fraction, order=cfg.data.order,
-                             collate_fn=functools.partial(collate_generative, with_image=False))
+                             collate_fn=functools.partial(collate_generative, with_image=False), pin_memory=pinned)
         loader = MixtureLoader(loader, text_loader, cfg.data.text_ratio)
     heldout = HeldoutText(build_source(cfg.data.text_heldout), tokenizer, cfg.data.context_length) \
         if cfg.data.text_heldout else None
+    model.to(device)  # after the CPU-side preparation above (VQ pre-training), before CTP copies it
     teachers = ContinualTeachers(model, cfg.model.init_from, cfg.objective.ctp.momentum) \
         if cfg.objective.name == "ctp" else None
-    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, teachers, heldout)
+    return Components(source, tokenizer, model, build_objective(cfg.objective), loader, device, teachers, heldout)
 
 
 def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ...]:
@@ -213,7 +228,7 @@ def batch_views(cfg: RunConfig, source: Source, run_dir: Path) -> tuple[View, ..
     if o.name == "salt":  # the teacher embeds every batch's raw pairs (SALT, vlalign.objectives.salt)
         from vlalign.api import Aligner, load
 
-        teacher = load(o.salt.teacher)
+        teacher = load(o.salt.teacher, device="cpu")  # it runs in the data workers, which cannot use CUDA
         if not isinstance(teacher, Aligner):
             raise ConfigError(f"objective.salt.teacher {o.salt.teacher} is a '{teacher.config.model.arch}' run; the "
                               "teacher must be a dual encoder.")

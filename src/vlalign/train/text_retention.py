@@ -8,12 +8,15 @@ every target token of the set, the same quantity as the generative loss of one b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vlalign.data.generative import encode_examples, to_example
 from vlalign.data.loader import read_samples
 from vlalign.data.sample import Source
 from vlalign.data.tokenizer import TextTokenizer
+from vlalign.device import model_device, to_device
 from vlalign.objectives.caption import caption_loss, next_token_targets
 
 
@@ -31,7 +34,8 @@ class HeldoutText:
         was_training = model.training
         model.eval()
         total = 0.0
-        for batch in self.batches:
+        device = model_device(model)
+        for batch in map(functools.partial(to_device, device=device), self.batches):
             out = model(None, batch["text_ids"], batch["text_mask"], None)
             targets, loss_mask = next_token_targets(batch["text_ids"], batch["target_mask"], out.prefix_len)
             total += caption_loss(out.logits, targets, loss_mask, num_tokens=self.num_tokens).item()

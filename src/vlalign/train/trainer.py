@@ -26,9 +26,11 @@ import torch
 from vlalign import dist
 from vlalign.checkpoint import latest_checkpoint
 from vlalign.config import RunConfig, dump_yaml
+from vlalign.device import to_device
 from vlalign.errors import CheckpointError, ConfigError, VlalignError
 from vlalign.objectives import EMBEDDING_OBJECTIVES
 from vlalign.progress import progress as progress_bar
+from vlalign.pretrained import adopt_init
 from vlalign.train.acceleration import compile_model
 from vlalign.train.averaging import ExponentialMovingAverage
 from vlalign.train.curriculum import resize_batch, resolution_at
@@ -56,6 +58,7 @@ class GracefulStop(VlalignError):
 
 def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> TrainState:
     run_dir = Path(run_dir)
+    cfg = adopt_init(cfg)  # a run from an outside CLIP checkpoint takes its architecture
     check_layout(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic, resolve_threads(cfg.train.threads, local_world_size()))
     if cfg.train.keep_heap:
@@ -105,7 +108,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> 
     with sigterm_flag() as stop_requested:
         while state.step < cfg.train.steps:
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = to_device(next(batches), parts.device)
             throughput.data_wait += time.perf_counter() - t0
             size = resolution_at(state.step, cfg.train.steps, cfg.data.resolution_schedule)
             batch = resize_batch(batch, size)
