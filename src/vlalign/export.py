@@ -33,11 +33,16 @@ MODEL_TYPE = "vlalign-dual-encoder"
 
 
 def export(checkpoint: str | Path, format: str, out: str | Path) -> Path:
-    from vlalign.api import load
+    from vlalign.api import Aligner, load
 
     if format not in FORMATS:
         raise VlalignError(f"Export format '{format}' is not one of: {', '.join(FORMATS)}.")
     aligner = load(checkpoint)
+    if not isinstance(aligner, Aligner):
+        raise VlalignError(f"{checkpoint} is a '{aligner.config.model.arch}' run (a generative run); export writes "
+                           "dual encoders (model.arch dual-encoder). The run directory itself is what `vlalign.load` "
+                           "reads (copy config.yaml, tokenizer.json and checkpoints/ to move it); `vlalign chat` "
+                           "and `vlalign eval --task vqa` use it.")
     out = Path(out)
     if format == "hf":
         export_hf(aligner, out)
