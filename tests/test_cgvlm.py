@@ -357,3 +357,17 @@ def test_dual_encoder_commands_refuse_a_generative_run_in_one_line(command, text
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "generative run" in err and "vlalign chat" in err
     assert not (tmp_path / "exported").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+def test_content_words_leave_function_words_out_of_the_contrastive_sentence(world, tokenizer):
+    batch = collate_generative(world.world, list(range(6)), tokenizer, 40, ImageTransform(32, 3))  # captions
+    examples = [GenerativeExample(None, "", "a picture of a large red star to the left of a small blue circle")]
+    enc = encode_examples(tokenizer, examples, 40)
+    kept = tokenizer.decode(enc["text_ids"][0][enc["content_word_mask"][0]].tolist())
+    assert kept == "large red star left small blue circle"
+    assert (enc["content_word_mask"] <= enc["content_mask"]).all()
+    model = tiny_vlm(tokenizer)
+    out = model(batch["images"], batch["text_ids"], batch["text_mask"])
+    losses = [build_objective(ObjectiveConfig(name="cgvlm", contrastive_words=words))(out, batch)[1]["loss/con"]
+              for words in ("all", "content")]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-6)

@@ -12,7 +12,8 @@ Token layout, right padded: ``[BOS] prompt target [EOS] [PAD]...``. ``target_mas
 and its EOS (what the generative loss learns); ``answer_mask`` the part of it that answers a question
 (the answer and its EOS: all of a stage-2 target, the end of a text-only QA document, nothing of a
 caption); ``content_mask`` marks the target's own tokens, the
-sentence that CG-VLM's contrastive loss compares with the image. Prompts for generation are left
+sentence that CG-VLM's contrastive loss compares with the image, and ``content_word_mask`` those of them
+that are not function words (``FUNCTION_WORDS``; the option ``objective.contrastive_words=content``). Prompts for generation are left
 padded instead (``encode_prompts``), as ``CausalDecoder.generate`` requires.
 """
 
@@ -29,6 +30,16 @@ from vlalign.data.shapes_qa import qa_document
 from vlalign.data.tokenizer import TextTokenizer
 from vlalign.data.transforms import ImageTransform
 from vlalign.errors import DataError
+
+
+# English function words: tokens that name nothing in an image. CG-VLM's contrastive term pulls the pooled
+# image towards the mean of its caption's token embeddings; with these included, "a", "the", "of" and "is"
+# (most of a shapes caption) weigh as much as its colour and shape words.
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those there here is are was were be been it its of to in on at by for with "
+    "and or but as from into onto than then so very some any each every one picture image photo shows "
+    "showing".split()
+)
 
 
 @dataclass
@@ -55,7 +66,8 @@ def to_example(sample: Sample, with_image: bool) -> GenerativeExample:
 
 
 def encode_examples(tokenizer: TextTokenizer, examples: list[GenerativeExample], context_length: int) -> dict:
-    """-> ``text_ids``, ``text_mask``, ``target_mask``, ``answer_mask``, ``content_mask``, each [B, L].
+    """-> ``text_ids``, ``text_mask``, ``target_mask``, ``answer_mask``, ``content_mask``, ``content_word_mask``,
+    each [B, L].
 
     L is the longest example, at most ``context_length``: padding costs compute in a decoder, and a
     question with its answer is far shorter than the context. A too-long target is cut to fit and
@@ -90,8 +102,16 @@ def encode_examples(tokenizer: TextTokenizer, examples: list[GenerativeExample],
         target_mask[row, len(prompt) : end] = True
         answer_mask[row, end - answer_len : end] = True
         content_mask[row, len(prompt) : end - 1] = True  # the target's own words, without its EOS
+    function_ids = torch.tensor(sorted(function_word_ids(tokenizer)), dtype=torch.long)
+    content_word_mask = content_mask & ~torch.isin(ids, function_ids)
     return {"text_ids": ids, "text_mask": ids != tokenizer.pad_id, "target_mask": target_mask,
-            "answer_mask": answer_mask, "content_mask": content_mask}
+            "answer_mask": answer_mask, "content_mask": content_mask, "content_word_mask": content_word_mask}
+
+
+def function_word_ids(tokenizer: TextTokenizer) -> set[int]:
+    """Ids of the tokens that are a whole function word (~60 short encodes: negligible beside a training step)."""
+    ids = (tokenizer.encode(word, special_tokens=False) for word in FUNCTION_WORDS)
+    return {only for only, *rest in ids if not rest}
 
 
 def encode_prompts(tokenizer: TextTokenizer, prompts: list[str],

@@ -169,8 +169,13 @@ def cgvlm_objective(cfg: ObjectiveConfig) -> Objective:
             raise ConfigError("objective 'cgvlm' needs image batches (model.arch 'vlm'); "
                               "use objective 'generative' for text only.")
         gen = generative_loss(out, batch, cfg.answer_share)
-        con = patch_token_contrastive_loss(out.image_tokens, out.image_mask, out.token_embeds,
-                                           batch["content_mask"], out.logit_scale, cfg.pool)
+        words = batch["content_mask"]
+        if cfg.contrastive_words == "content":
+            # a caption of function words only (none in the shapes world) keeps all its words
+            content = batch["content_word_mask"]
+            words = torch.where(content.any(dim=1, keepdim=True), content, words)  # [B, L]
+        con = patch_token_contrastive_loss(out.image_tokens, out.image_mask, out.token_embeds, words,
+                                           out.logit_scale, cfg.pool)
         # λ = 0 adds nothing (not even 0·L_con, which would be NaN if L_con were); L_con is still logged.
         loss = gen if cfg.contrastive_weight == 0 else gen + cfg.contrastive_weight * con
         return loss, {"loss/gen": gen.item(), "loss/con": con.item(), **packing_metrics(out)}
