@@ -19,7 +19,7 @@ from vlalign.data.shapes import Scene, ShapeObject, ShapesConfig, ShapesWorld
 from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
-from vlalign.errors import CheckpointError, ConfigError
+from vlalign.errors import CheckpointError, ConfigError, DataError
 from vlalign.eval.generative import attribute_scores, first_sentence
 from vlalign.models import build_model
 from vlalign.models.transfer import load_matching_weights
@@ -371,3 +371,14 @@ def test_content_words_leave_function_words_out_of_the_contrastive_sentence(worl
     losses = [build_objective(ObjectiveConfig(name="cgvlm", contrastive_words=words))(out, batch)[1]["loss/con"]
               for words in ("all", "content")]
     assert losses[0] != pytest.approx(losses[1], abs=1e-6)
+
+
+def test_shapes_qa_types_keep_only_those_questions_in_the_same_order():
+    from vlalign.data.specs import build_source
+
+    every = build_source("shapes-qa:n=30,seed=1")
+    chosen = build_source("shapes-qa:n=30,seed=1,types=colour+shape")
+    assert chosen.items == [item for item in every.items if item[3] in ("colour", "shape")]
+    assert 0 < len(chosen) < len(every) and chosen.name.endswith("types=colour+shape")
+    with pytest.raises(DataError, match="unknown question type 'hue'"):
+        build_source("shapes-qa:n=3,seed=1,types=colour+hue")
