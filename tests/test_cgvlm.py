@@ -1,5 +1,6 @@
 """CG-VLM: the patch-token contrastive loss, the generative objectives, freezing, stages and chat."""
 
+import io
 import json
 import math
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from vlalign.checkpoint import save_checkpoint
 from vlalign.cli import main
@@ -18,11 +19,12 @@ from vlalign.data.shapes import Scene, ShapeObject, ShapesConfig, ShapesWorld
 from vlalign.data.shapes_qa import ShapesQA
 from vlalign.data.tokenizer import train_tokenizer
 from vlalign.data.transforms import ImageTransform
-from vlalign.errors import CheckpointError, ConfigError
+from vlalign.errors import CheckpointError, ConfigError, DataError
 from vlalign.eval.generative import attribute_scores, first_sentence
 from vlalign.models import build_model
 from vlalign.models.transfer import load_matching_weights
 from vlalign.objectives import OBJECTIVES, build_objective
+from vlalign.objectives.caption import next_token_targets
 from vlalign.objectives.cgvlm import image_sentence_similarity, patch_token_contrastive_loss
 from vlalign.train.distributed import build_strategy
 from vlalign.train.optim import build_optimizer
@@ -133,6 +135,28 @@ def test_generative_loss_counts_answer_tokens_only_never_prefix_prompt_or_paddin
     again = build_objective(ObjectiveConfig(name="generative"))(
         model(batch["images"], noisy, batch["text_mask"]), batch | {"text_ids": noisy})[0]
     assert again.item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+def test_answer_share_splits_the_loss_between_a_documents_answer_and_the_rest(world, tokenizer):
+    batch = qa_batch(world, tokenizer, with_image=False)
+    for b, target in enumerate(batch["targets"]):  # the answer mask: the answer's tokens and the EOS, at the end
+        ids = batch["text_ids"][b][batch["answer_mask"][b]].tolist()
+        assert ids == tokenizer.encode(world[3 * b].meta["answer"], special_tokens=False) + [tokenizer.eos_id]
+        assert (batch["answer_mask"][b] <= batch["target_mask"][b]).all()
+    model = tiny_vlm(tokenizer, arch="lm")
+    out = model(None, batch["text_ids"], batch["text_mask"])
+    targets, answer = next_token_targets(batch["text_ids"], batch["answer_mask"], out.prefix_len)
+    _, whole = next_token_targets(batch["text_ids"], batch["target_mask"], out.prefix_len)
+    nll = F.cross_entropy(out.logits.transpose(1, 2), targets, reduction="none")  # [B, P+L]
+    answer_mean, rest_mean = nll[answer].mean(), nll[whole & ~answer].mean()
+    for share in (0.0, 0.3, 1.0):
+        loss, metrics = build_objective(ObjectiveConfig(name="generative", answer_share=share))(out, batch)
+        expected = nll[whole].mean() if share == 0 else share * answer_mean + (1 - share) * rest_mean
+        assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+        assert metrics["loss/answer"] == pytest.approx(answer_mean.item(), abs=1e-5)
+    # A stage-2 target is all answer: every share gives the plain mean.
+    image_batch = qa_batch(world, tokenizer)
+    assert (image_batch["answer_mask"] == image_batch["target_mask"]).all()
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
@@ -264,8 +288,8 @@ def test_attribute_recall_and_precision_on_a_known_scene():
 # Stages end to end through the CLI
 
 
-def test_stage1_then_stage2_then_chat_through_the_cli(tmp_path, capsys):
-    tiny = ["--quiet", "--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--set", "data.batch_size=8",
+def test_stage1_then_stage2_then_chat_through_the_cli(tmp_path, capsys, monkeypatch):
+    tiny = ["--quiet", "--set", "train.precision=fp32", "--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--set", "data.batch_size=8",
             "--set", "model.vlm.decoder=lm-micro", "--set", "data.context_length=40",
             "--set", "model.text.vocab_size=300", "--set", "data.eval=shapes-qa:n=4,seed=1"]
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
@@ -291,3 +315,70 @@ def test_stage1_then_stage2_then_chat_through_the_cli(tmp_path, capsys):
     assert reply.endswith("\n") and len(reply.split()) <= 3
     assert main(["chat", "--checkpoint", str(stage2), "--image", str(tmp_path / "none.png"), "hi"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+    # Without a question: a conversation about the image, the model loaded once, on a picture the shapes
+    # generator did not draw (Pillow: one filled circle on a plain background, another size than the run's).
+    drawn = tmp_path / "drawn.png"
+    picture = Image.new("RGB", (120, 120), (250, 250, 250))
+    ImageDraw.Draw(picture).ellipse((30, 30, 90, 90), fill=(220, 30, 30))
+    picture.save(drawn)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("what colour is the circle?\n\nwhat shape is the red object?\nquit\n"
+                                                 "never asked\n"))
+    assert main(["chat", "--checkpoint", str(stage2), "--image", str(drawn), "--max-new-tokens", "3"]) == 0
+    replies = capsys.readouterr().out.splitlines()
+    assert len(replies) == 3  # two answers and a caption; nothing after "quit"
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    assert main(["chat", "--checkpoint", str(stage2), "--image", str(not_an_image), "hi"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def text_lm_run(tmp_path_factory):
+    """A generative run (a text-only LM, one step): what the dual-encoder commands must refuse."""
+    run = tmp_path_factory.mktemp("lm") / "run"
+    assert main(["train", "--recipe", "lm-pretrain", "--out", str(run), "--no-eval", "--quiet",
+                 "--set", "train.steps=1", "--set", "data.batch_size=4", "--set", "train.precision=fp32",
+                 "--set", "data.train=shapes-qa:n=4,seed=3", "--set", "model.vlm.decoder=lm-micro"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("command", [
+    ["embed", "--data", "shapes:n=2,seed=0", "--out", "{tmp}/e.safetensors"],
+    ["serve", "--images", "shapes:n=2,seed=0"],
+    ["benchmark"],
+    ["export", "--format", "hf", "--out", "{tmp}/exported"],
+])
+def test_dual_encoder_commands_refuse_a_generative_run_in_one_line(command, text_lm_run, tmp_path, capsys):
+    capsys.readouterr()
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    assert main([args[0], "--checkpoint", str(text_lm_run), *args[1:]]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "generative run" in err and "vlalign chat" in err
+    assert not (tmp_path / "exported").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+def test_content_words_leave_function_words_out_of_the_contrastive_sentence(world, tokenizer):
+    batch = collate_generative(world.world, list(range(6)), tokenizer, 40, ImageTransform(32, 3))  # captions
+    examples = [GenerativeExample(None, "", "a picture of a large red star to the left of a small blue circle")]
+    enc = encode_examples(tokenizer, examples, 40)
+    kept = tokenizer.decode(enc["text_ids"][0][enc["content_word_mask"][0]].tolist())
+    assert kept == "large red star left small blue circle"
+    assert (enc["content_word_mask"] <= enc["content_mask"]).all()
+    model = tiny_vlm(tokenizer)
+    out = model(batch["images"], batch["text_ids"], batch["text_mask"])
+    losses = [build_objective(ObjectiveConfig(name="cgvlm", contrastive_words=words))(out, batch)[1]["loss/con"]
+              for words in ("all", "content")]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-6)
+
+
+def test_shapes_qa_types_keep_only_those_questions_in_the_same_order():
+    from vlalign.data.specs import build_source
+
+    every = build_source("shapes-qa:n=30,seed=1")
+    chosen = build_source("shapes-qa:n=30,seed=1,types=colour+shape")
+    assert chosen.items == [item for item in every.items if item[3] in ("colour", "shape")]
+    assert 0 < len(chosen) < len(every) and chosen.name.endswith("types=colour+shape")
+    with pytest.raises(DataError, match="unknown question type 'hue'"):
+        build_source("shapes-qa:n=3,seed=1,types=colour+hue")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vlalign.models.decoder import CausalDecoder, DecoderConfig, KVCache
+from vlalign.models.decoder import CausalDecoder, DecoderConfig, KVCache, rotary, rotate
 from vlalign.objectives.caption import caption_loss, next_token_targets
 
 
@@ -70,10 +70,14 @@ def test_prefix_is_attended():
     assert (model(ids, other_prefix).logits[:, 4:] - text_logits).abs().amax() > 1e-3
 
 
+POSITIONS = ["learned", "rope"]
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padding_does_not_change_real_positions(side):
+def test_padding_does_not_change_real_positions(side, positions):
     """Each row of a padded batch gives the logits it gets alone (positions come from the mask)."""
-    model = make_decoder()
+    model = make_decoder(positions=positions)
     ids, prefix = random_inputs(batch=3, tokens=6, prefix_len=2)
     lengths = [6, 3, 1]
     padded = torch.zeros_like(ids)
@@ -89,8 +93,9 @@ def test_padding_does_not_change_real_positions(side):
         torch.testing.assert_close(logits[b, real], alone, rtol=0, atol=1e-5)
 
 
-def test_kv_cache_incremental_forward_matches_full_forward():
-    model = make_decoder()
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_kv_cache_incremental_forward_matches_full_forward(positions):
+    model = make_decoder(positions=positions)
     ids, prefix = random_inputs(batch=2, tokens=9, prefix_len=3)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, :4] = False  # left padding in row 1
@@ -115,9 +120,10 @@ def left_padded_prompts():
     return prompts, ids, mask
 
 
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("sampling", [False, True])
-def test_cached_generation_equals_uncached(sampling):
-    model = make_decoder()
+def test_cached_generation_equals_uncached(sampling, positions):
+    model = make_decoder(positions=positions)
     _, ids, mask = left_padded_prompts()
     prefix = torch.randn(3, 2, WIDTH, generator=torch.Generator().manual_seed(3))
     kwargs = dict(prefix=prefix, attention_mask=mask, max_new_tokens=12)
@@ -129,6 +135,22 @@ def test_cached_generation_equals_uncached(sampling):
     ]
     assert results[0].shape == (3, 12)
     assert torch.equal(results[0], results[1])
+
+
+def test_rotary_scores_depend_on_the_offset_only_and_keep_norms():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16, generator=g)  # [B=1, H=1, S=1, Dh=16] each
+
+    def score(m: int, n: int) -> torch.Tensor:
+        return (rotate(q, rotary(torch.tensor([[m]]), 16)) * rotate(k, rotary(torch.tensor([[n]]), 16))).sum()
+
+    # float32 angles up to ~40 rad: cos/sin errors of a few 1e-6, times |q||k| ~ 16
+    torch.testing.assert_close(score(7, 3), score(37, 33), rtol=0, atol=1e-4)
+    torch.testing.assert_close(score(5, 5), (q * k).sum(), rtol=0, atol=1e-5)  # offset 0: the plain dot product
+    assert abs(score(7, 3) - score(7, 7)) > 0.1  # another offset, another score
+    torch.testing.assert_close(rotate(q, rotary(torch.tensor([[11]]), 16)).norm(), q.norm(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="positions"):
+        DecoderConfig(vocab_size=VOCAB, positions="alibi")
 
 
 def test_generation_from_prefix_alone():

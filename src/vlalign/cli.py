@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--force", action="store_true", help="rerun every entry, ignoring finished ones")
 
     chat = sub.add_parser("chat", help="ask a generative run about an image",
-                          description="Answer a question about an image with a generative (vlm) run; without a "
-                          "question, caption the image.")
+                          description="Answer a question about an image with a generative (vlm) run. Without a "
+                          "question, open a conversation about the image: one question a line, the model loaded once; "
+                          "an empty line captions the image, 'quit' or end of input stops.")
     chat.add_argument("--checkpoint", required=True, help="run directory (or one of its checkpoints/step-N)")
     chat.add_argument("--image", required=True, help="a PNG or JPEG file")
-    chat.add_argument("question", nargs="?", default="", help='e.g. "what colour is the star?" (default: caption)')
+    chat.add_argument("question", nargs="?", default="", help='e.g. "what colour is the star?" (default: a conversation)')
     chat.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: what fits)")
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     chat.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
@@ -345,11 +346,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from vlalign.api import load
     from vlalign.eval import save_results
     from vlalign.eval.benchmark import run_benchmark, table_markdown
 
-    model = load(args.checkpoint)
+    model = load_dual_encoder(args.checkpoint, "benchmark suites score a dual encoder's embeddings")
     out = run_benchmark(model, args.suite, force=args.force, log=lambda line: print(line, file=sys.stderr))
     if out["fresh"].results:
         save_results(model, out["fresh"])
@@ -366,9 +366,23 @@ def cmd_chat(args) -> int:
         raise VlalignError(f"{args.checkpoint} is a '{model.config.model.arch}' run; chat needs a vision-language "
                            "run (model.arch vlm), e.g. one trained with --recipe cgvlm-stage2.")
     image = read_image(args.image, model.transform.in_channels)
-    reply = model.generate([image], [args.question], max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)[0]
-    print(reply)
+
+    def reply(question: str) -> str:
+        return model.generate([image], [question], max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, top_k=args.top_k, seed=args.seed)[0]
+
+    if args.question:
+        print(reply(args.question))
+        return 0
+    # A conversation about one image. Each turn is answered from the image and that question alone: the
+    # instruction data is single-turn, so earlier turns in the context would be text the model never saw.
+    print(f"{args.image}: ask about the image, one question a line (empty line: caption; 'quit' stops)",
+          file=sys.stderr)
+    for line in sys.stdin:
+        question = line.strip()
+        if question.lower() in ("quit", "exit"):
+            break
+        print(reply(question), flush=True)
     return 0
 
 
@@ -441,13 +455,17 @@ def cmd_data(args) -> int:
                        "(see `vlalign data --help`).")
 
 
+GENERATIVE_INSTEAD = "For a generative run use `vlalign chat` or `vlalign eval --task vqa` (caption, text-qa)."
+
+
 def load_dual_encoder(checkpoint: str, why: str):
     """``vlalign.load(checkpoint)``, refusing runs that are not dual encoders; ``why`` says what needs one."""
     from vlalign.api import Aligner, load
 
     model = load(checkpoint)
     if not isinstance(model, Aligner):
-        raise VlalignError(f"{checkpoint} is a '{model.config.model.arch}' run; {why} (model.arch dual-encoder).")
+        raise VlalignError(f"{checkpoint} is a '{model.config.model.arch}' run; {why} (model.arch dual-encoder). "
+                           + GENERATIVE_INSTEAD)
     return model
 
 
@@ -473,23 +491,25 @@ def cmd_data_reduce(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from vlalign.api import load
     from vlalign.data.specs import build_source
     from vlalign.embed import embed_source
 
-    path = embed_source(load(args.checkpoint, int8=args.int8), build_source(args.data), args.out, args.what, args.batch_size,
+    aligner = load_dual_encoder(args.checkpoint, "embed writes a dual encoder's embeddings")
+    if args.int8:
+        aligner.quantize_int8()
+    path = embed_source(aligner, build_source(args.data), args.out, args.what, args.batch_size,
                         args.chunk_size, progress=not args.quiet, spec=args.data)
     print(f"wrote {path} and {path}.json")
     return 0
 
 
 def cmd_serve(args) -> int:
-    from vlalign.api import load
     from vlalign.data.specs import build_source
     from vlalign.serve.server import make_server
     from vlalign.serve.service import SearchService
 
-    service = SearchService(load(args.checkpoint), build_source(args.images), args.images)
+    aligner = load_dual_encoder(args.checkpoint, "serve searches images by a dual encoder's embeddings")
+    service = SearchService(aligner, build_source(args.images), args.images)
     server = make_server(service, args.host, args.port)
     print(f"serving {len(service.index)} images on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
     try:

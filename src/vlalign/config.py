@@ -133,6 +133,8 @@ class VLMConfig:
 
     decoder: str = "lm-mini"  # a row of vlalign.models.registry.DECODER_SIZES
     connector: str = "mlp"  # "linear" (LLaVA) | "mlp" (LLaVA-1.5: Linear-GELU-Linear)
+    # The decoder's positions: "learned" absolute embeddings (GPT-2) | "rope" rotary (LLaMA; docs/cgvlm.md)
+    positions: str = "learned"
     # Top-level modules whose weights stay fixed: "vision", "connector", "decoder".
     # The default is LLaVA stage 1 (alignment): only the connector trains.
     freeze: list[str] = field(default_factory=lambda: ["vision", "decoder"])
@@ -290,6 +292,12 @@ class ObjectiveConfig:
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
     contrastive_weight: float = 1.0  # cgvlm: λ in L = L_gen + λ·L_con (unknown in the paper; 0 = captioning only)
     pool: str = "mean"  # cgvlm: pooling of the projected patches, "mean" | "max"
+    # cgvlm: the caption tokens L_con compares the image with: "all" (the paper) | "content" (no function words,
+    # vlalign.data.generative.FUNCTION_WORDS)
+    contrastive_words: str = "all"
+    # generative/cgvlm: the share of the loss on answer tokens (text-only QA documents' answers, stage-2
+    # answers), the rest on the other target tokens; 0 = every target token alike, 1 = answers only
+    answer_share: float = 0.0
     # clip/siglip/fdt: word-swap hard-negative captions as extra text negatives (NegCLIP/SVLC), any of
     # "colour", "size", "shape", "relation" (vlalign.data.negatives); [] = none
     hard_negatives: list[str] = field(default_factory=list)
@@ -813,6 +821,12 @@ def _validate_arch(cfg: RunConfig, source: str) -> None:
     if cfg.objective.contrastive_weight < 0:
         raise ConfigError(f"Config key 'objective.contrastive_weight' in {source} must be >= 0, "
                           f"got {cfg.objective.contrastive_weight}.")
+    if cfg.objective.contrastive_words not in ("all", "content"):
+        raise ConfigError(f"Config key 'objective.contrastive_words' in {source} must be 'all' or 'content', "
+                          f"got {cfg.objective.contrastive_words!r}.")
+    if not 0 <= cfg.objective.answer_share <= 1:
+        raise ConfigError(f"Config key 'objective.answer_share' in {source} must be in [0, 1], "
+                          f"got {cfg.objective.answer_share}.")
 
 
 def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:

@@ -44,11 +44,16 @@ ARCHITECTURE = "VlalignDualEncoder"
 
 def export(checkpoint: str | Path, format: str, out: str | Path) -> str:
     """Export ``checkpoint`` to ``out``; returns the layout written: "clip", "vlalign" or "torchscript"."""
-    from vlalign.api import load
+    from vlalign.api import Aligner, load
 
     if format not in FORMATS:
         raise VlalignError(f"Export format '{format}' is not one of: {', '.join(FORMATS)}.")
     aligner = load(checkpoint, device="cpu")  # exported files are written from host memory
+    if not isinstance(aligner, Aligner):
+        raise VlalignError(f"{checkpoint} is a '{aligner.config.model.arch}' run (a generative run); export writes "
+                           "dual encoders (model.arch dual-encoder). The run directory itself is what `vlalign.load` "
+                           "reads (copy config.yaml, tokenizer.json and checkpoints/ to move it); `vlalign chat` "
+                           "and `vlalign eval --task vqa` use it.")
     if format == "hf":
         return export_hf(aligner, out)
     export_torchscript(aligner, Path(out))

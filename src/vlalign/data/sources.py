@@ -24,12 +24,20 @@ def _keyed_source(name: str, argument: str, keys: dict[str, type], build) -> Sou
         raise DataError(f"Data spec '{spec}': {err}") from None
 
 
-@register_source("shapes-qa", "shapes-qa:n=2000,seed=7[,objects=1-3]  (every question of n shapes scenes)")
+@register_source("shapes-qa", "shapes-qa:n=2000,seed=7[,objects=1-3][,types=colour+shape]  (every question of n "
+                 "shapes scenes, or those of the given types)")
 def shapes_qa_source(argument: str) -> Source:
-    from vlalign.data.shapes_qa import ShapesQA
+    from vlalign.data.shapes_qa import QUESTION_TYPES, ShapesQA
 
-    world = shapes_source(argument)
-    return ShapesQA(world)
+    parts = [part for part in argument.split(",") if part.strip()]
+    chosen = [part.split("=", 1)[1] for part in parts if part.strip().startswith("types=")]
+    world = shapes_source(",".join(part for part in parts if not part.strip().startswith("types=")))
+    types = tuple(chosen[-1].split("+")) if chosen else None
+    unknown = [t for t in types or () if t not in QUESTION_TYPES]
+    if unknown:
+        raise DataError(f"Data spec 'shapes-qa:{argument}': unknown question type '{unknown[0]}'; "
+                        f"types are {', '.join(QUESTION_TYPES)}.")
+    return ShapesQA(world, types)
 
 
 def _split(argument: str, spec: str) -> str:

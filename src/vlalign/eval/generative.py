@@ -83,8 +83,13 @@ def vqa(model: VisualAssistant, spec: str | None) -> TaskResult:
     spec, source = _questions(model, spec)
     samples = [source[k] for k in _qa_items(source, model.config.eval.vqa_n)]
     predictions = model.answer([s.image for s in samples], [s.meta["question"] for s in samples])
-    rows = _accuracy_by_type("vqa", spec, predictions, [s.meta["answer"] for s in samples],
-                             [s.meta["question_type"] for s in samples])
+    answers, kinds = [s.meta["answer"] for s in samples], [s.meta["question_type"] for s in samples]
+    rows = _accuracy_by_type("vqa", spec, predictions, answers, kinds)
+    # Colour and shape questions about a scene of one object need no search for the object; apart from the rest.
+    scenes = ["one object" if len(s.meta["scene"].objects) == 1 else "several objects" for s in samples]
+    split = [(p, a, f"{k}, {n}") for p, a, k, n in zip(predictions, answers, kinds, scenes) if k in ("colour", "shape")]
+    if split:
+        rows += _accuracy_by_type("vqa", spec, *map(list, zip(*split)))[1:]
     rows[0]["examples"] = [{"question": s.meta["question"], "answer": s.meta["answer"], "predicted": p}
                            for s, p in list(zip(samples, predictions))[:8]]
     return TaskResult(rows, {"vqa accuracy by question type": plots.bar_chart(

@@ -8,6 +8,12 @@ the text tokens as a prefix. The decoder itself is a plain pre-LN transformer (n
     h = h + Attn(LN(h));  h = h + MLP(LN(h))      (depth times)
     logits = LN(h) @ W_outᵀ                       (W_out = tok_emb.weight when tied)
 
+or, with ``positions="rope"``, no position embedding and rotary positions in every attention
+(RoFormer, Su et al. 2021; LLaMA's, which LLaVA's language model uses): queries and keys are rotated
+by their position, so attention scores depend on relative offsets. A head that reads "the token
+before the one matching mine" (what copying an attribute out of a caption takes) is then the same
+at every position instead of being learnt position by position (docs/cgvlm.md).
+
 Padding is handled with a boolean ``attention_mask`` (True = real). Positions are counted over
 real entries only, so left padding (batched generation with different prompt lengths) and
 right padding (training batches) both give every real token the position it would have without
@@ -25,6 +31,24 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
+POSITION_KINDS = ("learned", "rope")
+ROPE_BASE = 10000.0  # RoFormer's θ base
+
+
+def rotary(positions: Tensor, head_width: int) -> tuple[Tensor, Tensor]:
+    """cos and sin of each position's rotation angles: [B, S] -> two [B, 1, S, Dh/2] (broadcast over heads)."""
+    inverse = ROPE_BASE ** (-torch.arange(0, head_width, 2, device=positions.device, dtype=torch.float32) / head_width)
+    angles = positions.float()[:, None, :, None] * inverse  # [B, 1, S, Dh/2]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate each pair (x_i, x_{i+Dh/2}) of x [B, H, S, Dh] by its position's angle (the GPT-NeoX layout)."""
+    cos, sin = rope
+    first, second = x.float().chunk(2, dim=-1)  # [B, H, S, Dh/2] each
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     vocab_size: int
@@ -34,6 +58,7 @@ class DecoderConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     tie_embeddings: bool = True  # output projection reuses the input token-embedding table
+    positions: str = "learned"  # "learned" absolute embeddings (GPT-2) | "rope" rotary (LLaMA)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "width", "depth", "heads"):
@@ -47,6 +72,10 @@ class DecoderConfig:
             )
         if not self.mlp_ratio > 0:
             raise ValueError(f"DecoderConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"DecoderConfig.positions must be one of {', '.join(POSITION_KINDS)}, got {self.positions!r}")
+        if self.positions == "rope" and (self.width // self.heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got {self.width // self.heads}")
 
 
 @dataclass
@@ -93,11 +122,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None, layer: int) -> Tensor:
-        # x [B, T, D]; attn_mask [B, 1, T, S] bool or None for plain causal attention with no past
+    def forward(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None, layer: int,
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        # x [B, T, D]; attn_mask [B, 1, T, S] bool or None for plain causal attention with no past;
+        # rope: cos, sin [B, 1, T, Dh/2] of this call's positions, or None (learned positions)
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=-1)
         q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
+        if rope is not None:  # the cache keeps rotated keys: a key's rotation depends on its position only
+            q, k = rotate(q, rope), rotate(k, rope)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # [B, H, S, Dh]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None)
@@ -122,8 +155,8 @@ class Block(nn.Module):
         self.visual_mlp: nn.Module | None = None
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None, layer: int,
-                visual_positions: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_attn(x), attn_mask, kv_cache, layer)
+                visual_positions: int = 0, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_attn(x), attn_mask, kv_cache, layer, rope)
         h = self.ln_mlp(x)
         if self.visual_mlp is None or visual_positions == 0:
             return x + self.mlp(h)
@@ -138,7 +171,7 @@ class CausalDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.embed_positions = nn.Embedding(cfg.context_length, cfg.width)
+        self.embed_positions = nn.Embedding(cfg.context_length, cfg.width) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.grad_checkpointing = False  # training without a KV cache: recompute each block in backward
         self.ln_final = nn.LayerNorm(cfg.width)
@@ -204,12 +237,12 @@ class CausalDecoder(nn.Module):
         x = self.embed(ids)  # [B, L, D]
         if prefix_len:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, P+L, D]
-        x = x + self.embed_positions(positions)
+        x, rope = self._add_positions(x, positions)
 
         attn_mask = None  # None = plain causal attention over this call's positions only
         if new_mask is not None or past_mask is not None:
             attn_mask = _attention_mask(past_mask, new_mask, batch, past_len, new_len, ids.device)
-        out = self._blocks_and_head(x, attn_mask, kv_cache, visual_positions)
+        out = self._blocks_and_head(x, attn_mask, kv_cache, visual_positions, rope)
         if kv_cache is not None:
             step_mask = new_mask if new_mask is not None else torch.ones(batch, new_len, dtype=torch.bool, device=ids.device)
             kv_cache.mask = step_mask if past_mask is None else torch.cat([past_mask, step_mask], dim=1)
@@ -222,17 +255,24 @@ class CausalDecoder(nn.Module):
         if int(positions.max()) >= self.cfg.context_length:
             raise ValueError(f"a packed example reaches position {int(positions.max())}, beyond "
                              f"context_length={self.cfg.context_length}")
-        return self._blocks_and_head(embeds + self.embed_positions(positions), attn_mask, None)
+        x, rope = self._add_positions(embeds, positions)
+        return self._blocks_and_head(x, attn_mask, None, 0, rope)
+
+    def _add_positions(self, x: Tensor, positions: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """x [B, S, D] with learned position embeddings added, or x and the rotary cos/sin of ``positions`` [B, S]."""
+        if self.embed_positions is not None:
+            return x + self.embed_positions(positions), None
+        return x, rotary(positions, self.cfg.width // self.cfg.heads)
 
     def _blocks_and_head(self, x: Tensor, attn_mask: Tensor | None, kv_cache: KVCache | None,
-                         visual_positions: int = 0) -> DecoderOutput:
+                         visual_positions: int = 0, rope: tuple[Tensor, Tensor] | None = None) -> DecoderOutput:
         hidden_states = []
         for layer, block in enumerate(self.blocks):
             hidden_states.append(x)
             if self.grad_checkpointing and self.training and kv_cache is None:
-                x = checkpoint(block, x, attn_mask, None, layer, visual_positions, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, None, layer, visual_positions, rope, use_reentrant=False)
             else:
-                x = block(x, attn_mask, kv_cache, layer, visual_positions)
+                x = block(x, attn_mask, kv_cache, layer, visual_positions, rope)
         x = self.ln_final(x)
         hidden_states.append(x)
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight  # [V, D]

@@ -108,7 +108,7 @@ def build_vlm(cfg: ModelConfig, image_size: int, vocab_size: int, context_length
     size = decoder_size(cfg.vlm.decoder)
     decoder = CausalDecoder(DecoderConfig(vocab_size=vocab_size, context_length=prefix + context_length,
                                           width=size.width, depth=size.depth, heads=size.heads,
-                                          mlp_ratio=size.mlp_ratio))
+                                          mlp_ratio=size.mlp_ratio, positions=cfg.vlm.positions))
     if cfg.arch == "lm":
         return VisionLanguageModel(decoder, prefix)
     if cfg.vlm.visual_experts:  # Mono-InternVL (issue 13)

@@ -112,10 +112,33 @@ def supervised_objective(cfg: ObjectiveConfig) -> Objective:
     return objective
 
 
-def generative_loss(out: VLMOutput, batch: dict) -> torch.Tensor:
-    """L_gen: next-token cross-entropy on the target tokens only (never the prefix, prompt or padding)."""
+def generative_loss(out: VLMOutput, batch: dict, answer_share: float = 0.0) -> torch.Tensor:
+    """L_gen: next-token cross-entropy on the target tokens only (never the prefix, prompt or padding).
+
+    ``answer_share`` > 0 gives the batch's answer tokens (``batch["answer_mask"]``) that share of the loss
+    and the other target tokens the rest, each part a mean over its tokens: in a "caption. question answer"
+    document the answer is ~3% of the tokens, so a plain mean barely trains reading the caption (the
+    answer is the only token that needs it). 1 = the answers alone; 0 = every target token alike.
+    """
     targets, loss_mask = next_token_targets(batch["text_ids"], batch["target_mask"], out.prefix_len)
-    return caption_loss(out.logits, targets, loss_mask)
+    if answer_share == 0:
+        return caption_loss(out.logits, targets, loss_mask)
+    _, answer = next_token_targets(batch["text_ids"], batch["answer_mask"], out.prefix_len)  # [B, P+L]
+    rest = loss_mask & ~answer
+    if not bool(answer.any()):
+        return caption_loss(out.logits, targets, rest)
+    if answer_share == 1 or not bool(rest.any()):
+        return caption_loss(out.logits, targets, answer)
+    return (answer_share * caption_loss(out.logits, targets, answer)
+            + (1 - answer_share) * caption_loss(out.logits, targets, rest))
+
+
+def answer_metrics(out: VLMOutput, batch: dict) -> dict[str, float]:
+    """The loss on the answer tokens alone, when the batch has any (what text-QA and VQA accuracy follow)."""
+    if "answer_mask" not in batch or not bool(batch["answer_mask"].any()):
+        return {}
+    with torch.no_grad():
+        return {"loss/answer": generative_loss(out, batch, answer_share=1.0).item()}
 
 
 def packing_metrics(out: VLMOutput) -> dict[str, float]:
@@ -131,8 +154,8 @@ def generative_objective(cfg: ObjectiveConfig) -> Objective:
     """LLaVA: captioning (stage 1), instruction tuning (stage 2) and text-only LM pre-training."""
 
     def objective(out: VLMOutput, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = generative_loss(out, batch)
-        return loss, {"loss/gen": loss.item(), **packing_metrics(out)}
+        loss = generative_loss(out, batch, cfg.answer_share)
+        return loss, {"loss/gen": loss.item(), **answer_metrics(out, batch), **packing_metrics(out)}
 
     return objective
 
@@ -145,9 +168,14 @@ def cgvlm_objective(cfg: ObjectiveConfig) -> Objective:
         if out.image_tokens is None:
             raise ConfigError("objective 'cgvlm' needs image batches (model.arch 'vlm'); "
                               "use objective 'generative' for text only.")
-        gen = generative_loss(out, batch)
-        con = patch_token_contrastive_loss(out.image_tokens, out.image_mask, out.token_embeds,
-                                           batch["content_mask"], out.logit_scale, cfg.pool)
+        gen = generative_loss(out, batch, cfg.answer_share)
+        words = batch["content_mask"]
+        if cfg.contrastive_words == "content":
+            # a caption of function words only (none in the shapes world) keeps all its words
+            content = batch["content_word_mask"]
+            words = torch.where(content.any(dim=1, keepdim=True), content, words)  # [B, L]
+        con = patch_token_contrastive_loss(out.image_tokens, out.image_mask, out.token_embeds, words,
+                                           out.logit_scale, cfg.pool)
         # λ = 0 adds nothing (not even 0·L_con, which would be NaN if L_con were); L_con is still logged.
         loss = gen if cfg.contrastive_weight == 0 else gen + cfg.contrastive_weight * con
         return loss, {"loss/gen": gen.item(), "loss/con": con.item(), **packing_metrics(out)}
