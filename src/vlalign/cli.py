@@ -194,7 +194,7 @@ def add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def add_efficiency_commands(sub) -> None:
-    """``average`` and ``resolution`` (MindVL, catalogue issue 12)."""
+    """``average`` and ``resolution`` (MindVL: checkpoint averaging and test-time resolution)."""
     average = sub.add_parser("average", help="average a run's last K checkpoints into a new, loadable run",
                              description="MindVL-style weight averaging: OUT gets the run's config, tokenizer and "
                              "preprocessing and one checkpoint holding the mean of RUN's newest K checkpoints.")

@@ -41,7 +41,7 @@ class DataConfig:
     # "auto": the source's per-channel statistics if it has them, else 8-bit images to [-1, 1];
     # "per_channel": mean/std of each channel measured on the first training images (multi-channel data)
     normalization: str = "auto"
-    # Catalogue issue 12 (Open-Qwen2VL; see docs/efficiency.md):
+    # Data efficiency (Open-Qwen2VL; see docs/efficiency.md):
     # > 0 (archs lm / vlm): pack each batch's examples into decoder rows of this many entries, with a
     # block-diagonal causal mask and positions restarting per example (vlalign.models.packing); 0 = padded rows
     pack_length: int = 0
@@ -92,7 +92,7 @@ class TextConfig:
     # also freeze the text projection head, so the whole text embedding space stays fixed: a new modality is
     # bound into a CLIP run's text space (LanguageBind, Zhu et al. 2024); needs locked=true
     lock_projection: bool = False
-    # Tiny LMs' soft committee (catalogue issue 12, vlalign.models.text_committee): this many independent towers
+    # Tiny LMs' soft committee (vlalign.models.text_committee): this many independent towers
     # whose outputs are averaged (1 = one tower); depth = blocks per tower (0 = model.text.size's own)
     committee: int = 1
     depth: int = 0
@@ -107,7 +107,7 @@ class AdapterConfig:
     alpha: float = 16.0  # LoRA scale alpha (the update is scaled by alpha / r)
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])  # LoRA: module-name suffixes
-    # Issue 13 (see docs/adaptation.md). bottleneck/mma: block i of both towers uses one adapter (VL-Adapter)
+    # Adapters (see docs/adaptation.md). bottleneck/mma: block i of both towers uses one adapter (VL-Adapter)
     share: bool = False
     gate: str = "none"  # VL-PET gate on each adapter's output: "none" | "module" | "head" | "element"
     sparsity: float = 0.0  # rank-lora: L1 weight on the per-rank importance (Dynamic Rank-Selective LoRA)
@@ -138,7 +138,7 @@ class VLMConfig:
     # Top-level modules whose weights stay fixed: "vision", "connector", "decoder".
     # The default is LLaVA stage 1 (alignment): only the connector trains.
     freeze: list[str] = field(default_factory=lambda: ["vision", "decoder"])
-    # Issue 13 (VPGTrans, Mono-InternVL; docs/continual.md). The mlp connector's hidden width (0 = the LM width):
+    # VPGTrans and Mono-InternVL (docs/continual.md). The mlp connector's hidden width (0 = the LM width):
     # a fixed width makes its first layer (with the ViT: the visual prompt generator, VPG) independent of the LM.
     connector_width: int = 0
     # VPGTrans: a vlm run (another, e.g. smaller, LM) whose VPG (vision.*, connector.fc1.*) this model inherits
@@ -158,7 +158,7 @@ class VLMConfig:
 
 @dataclass(kw_only=True)
 class FusionConfig:
-    """Cross-modal fusion on the dual encoder (issue 11: FIBER, UNITER, ManagerTower), trained by objective
+    """Cross-modal fusion on the dual encoder (FIBER, UNITER, ManagerTower), trained by objective
     "fusion"; the contrastive embeddings stay unimodal (see vlalign.models.cross_modal)."""
 
     # "none" | "fiber" (gated cross-attention in the towers' top blocks) | "manager" (ManagerTower's
@@ -173,7 +173,7 @@ class FusionConfig:
 
 @dataclass(kw_only=True)
 class VideoConfig:
-    """Video-text alignment (issue 13 item 8; vlalign.models.video): the vision tower reads clips [B, T, C, H, W]
+    """Video-text alignment (vlalign.models.video): the vision tower reads clips [B, T, C, H, W]
     from a video source (e.g. moving-shapes:...) and pools its frames into one clip feature."""
 
     frames: int = 0  # frames per clip the tower encodes (0 = an image model)
@@ -315,8 +315,8 @@ class ObjectiveConfig:
     medslip: MeDSLIPConfig = field(default_factory=MeDSLIPConfig)
     velvet: HierarchyConfig = field(default_factory=HierarchyConfig)
     ps3: RegionConfig = field(default_factory=RegionConfig)
-    ctp: CTPConfig = field(default_factory=CTPConfig)  # objective "ctp" (issue 13)
-    salt: SALTConfig = field(default_factory=SALTConfig)  # objective "salt" (catalogue issue 12)
+    ctp: CTPConfig = field(default_factory=CTPConfig)  # objective "ctp"
+    salt: SALTConfig = field(default_factory=SALTConfig)  # objective "salt"
     mvm_weight: float = 1.0  # video-mvm: w in L = L_clip + w·L_mvm (E-ViLM's masked video modelling)
 
 
@@ -533,7 +533,7 @@ def validate(cfg: RunConfig, source: str = "<config>") -> RunConfig:
 
 
 def _validate_continual(cfg: RunConfig, source: str) -> None:
-    """CTP, VPGTrans and Mono-InternVL (issue 13)."""
+    """CTP, VPGTrans and Mono-InternVL."""
     ctp, vlm = cfg.objective.ctp, cfg.model.vlm
     if not 0 <= ctp.momentum < 1 or ctp.temperature <= 0 or min(ctp.momentum_weight, ctp.topology_weight) < 0:
         raise ConfigError(f"In {source}: objective.ctp needs momentum in [0, 1), temperature > 0 and weights >= 0; "
@@ -561,7 +561,7 @@ def _validate_continual(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_adaptation(cfg: RunConfig, source: str) -> None:
-    """Adapter options of issue 13: each belongs to the kinds that read it."""
+    """Adapter options: each belongs to the kinds that read it."""
     a = cfg.model.adapter
     if a.sparsity < 0 or (a.sparsity > 0 and a.kind != "rank-lora"):
         raise ConfigError(f"Config key 'model.adapter.sparsity' in {source} is {a.sparsity}: it is the L1 weight "
@@ -573,7 +573,7 @@ def _validate_adaptation(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_video(cfg: RunConfig, source: str) -> None:
-    """Video-text alignment (issue 13 item 8): what the video tower needs and what it cannot combine with."""
+    """Video-text alignment: what the video tower needs and what it cannot combine with."""
     v, m = cfg.model.video, cfg.model
     if v.frames < 0:
         raise ConfigError(f"Config key 'model.video.frames' in {source} must be >= 0 (0 = images), got {v.frames}.")
@@ -608,7 +608,7 @@ def _validate_video(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_catalogue(cfg: RunConfig, source: str) -> None:
-    """FILIP, prefix conditioning and PTP (issue 11): the combinations each needs."""
+    """FILIP, prefix conditioning and PTP: the combinations each needs."""
     if cfg.objective.name == "filip" and cfg.model.head != "tokens":
         raise ConfigError(f"In {source}: objective.name=filip scores token against token; set model.head=tokens "
                           f"(it is '{cfg.model.head}').")
@@ -635,7 +635,7 @@ def _validate_catalogue(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_fusion(cfg: RunConfig, source: str) -> None:
-    """FIBER, UNITER and ManagerTower (issue 11): fusion and objective "fusion" come together."""
+    """FIBER, UNITER and ManagerTower: fusion and objective "fusion" come together."""
     from vlalign.models.registry import text_size, vision_size
 
     f, name = cfg.model.fusion, cfg.objective.name
@@ -672,7 +672,7 @@ def _validate_fusion(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
-    """GPT4Image, MeDSLIP, VELVET-Med, PS3 and LanguageBind binding (issue 11, items 8-12)."""
+    """GPT4Image, MeDSLIP, VELVET-Med, PS3 and LanguageBind binding."""
     from vlalign.data.views import ATTRIBUTES
 
     o, m = cfg.objective, cfg.model
@@ -727,7 +727,7 @@ def _validate_catalogue_more(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_efficiency(cfg: RunConfig, source: str) -> None:
-    """Token merging, EMA, simulated low precision, packing, the resolution curriculum and SALT (catalogue issue 12)."""
+    """Token merging, EMA, simulated low precision, packing, the resolution curriculum and SALT."""
     vision = cfg.model.vision
     salt = cfg.objective.salt
     if cfg.objective.name == "salt" and not salt.teacher:
@@ -780,7 +780,7 @@ def _validate_efficiency(cfg: RunConfig, source: str) -> None:
 
 
 def _validate_catalogue_rest(cfg: RunConfig, source: str) -> None:
-    """Florence-VL depth-breadth features and SAIL-VL's quality curriculum (catalogue issue 14)."""
+    """Florence-VL depth-breadth features and SAIL-VL's quality curriculum."""
     from vlalign.models.depth_breadth import VIEWS
     from vlalign.models.registry import vision_size
 

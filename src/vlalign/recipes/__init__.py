@@ -370,7 +370,7 @@ def cgvlm_stage2() -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Catalogue issue 11: FILIP/Wukong, Prefix Conditioning, PTP. Each is the default recipe with one component.
+# Objectives beside CLIP: FILIP/Wukong, Prefix Conditioning, PTP. Each is the default recipe with one component.
 
 # Image-label data for prefix conditioning: single-object scenes (the label names the whole image, as an
 # ImageNet class does), read as "a red circle"; the compositional holdout stays out of it too.
@@ -450,7 +450,7 @@ def shapes_manager() -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Catalogue issue 11, items 8-12: GPT4Image, MeDSLIP, VELVET-Med, PS3, LanguageBind.
+# More objectives: GPT4Image, MeDSLIP, VELVET-Med, PS3, LanguageBind.
 
 
 @recipe
@@ -518,7 +518,7 @@ def fashion_mnist_gpt4image() -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 13: continual pre-training (CTP), VPG transfer (VPGTrans), visual experts (Mono-InternVL).
+# Continual pre-training (CTP), VPG transfer (VPGTrans), visual experts (Mono-InternVL).
 # docs/continual.md walks through each; benchmarks/catalogue_continual.py measures them.
 
 
@@ -615,7 +615,7 @@ def mono_visual_experts() -> RunConfig:
 
 @recipe
 def moving_shapes_video() -> RunConfig:
-    """Video-text CLIP on moving-shapes clips: 4 of 8 frames per clip, order-aware attention pooling (issue 13)."""
+    """Video-text CLIP on moving-shapes clips: 4 of 8 frames per clip, order-aware attention pooling."""
     cfg = RunConfig()
     cfg.data.train = "moving-shapes:n=20000,seed=0"
     cfg.data.eval = "moving-shapes:n=500,seed=1"
@@ -635,7 +635,7 @@ def moving_shapes_video() -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Catalogue issue 12 (tiny language models; docs/efficiency.md): masked-LM pre-training of the text tower.
+# Tiny language models (docs/efficiency.md): masked-LM pre-training of the text tower.
 
 
 @recipe
